@@ -1,0 +1,1 @@
+"""metagen: the meta-dataset generator (distributions with known MI, transforms, tasks, store)."""
