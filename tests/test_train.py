@@ -1,0 +1,326 @@
+"""Tests of train.py and training/: config, schedule, batching, end to end, resume, errors.
+
+The end-to-end tests run train.py in subprocesses (as a user would) on tiny stores made
+with metagen.generate in a temporary directory and a tiny model.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+TINY = ROOT / "configs" / "train" / "tiny.toml"
+GEN_CONFIG = ROOT / "configs" / "metagen" / "tiny.toml"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CI": "1",
+       "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+EVAL_KEYS = {"num_sets", "mae", "rmse", "bias", "pinball", "pinball_cal", "coverage_50", "width_50",
+             "coverage_80", "width_80", "coverage_90", "width_90"}
+
+torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict[str, Path]:
+    """A small training store and a validation store (different seeds) from metagen."""
+    from metagen.config import load_config
+    from metagen.generate import generate
+
+    root = tmp_path_factory.mktemp("stores")
+    cfg = load_config(GEN_CONFIG)
+    generate(cfg, root / "train", num_sets=192, seed=11, progress=False)
+    generate(cfg, root / "val", num_sets=32, seed=12, progress=False)
+    return {"train": root / "train", "val": root / "val"}
+
+
+def run_train(out_dir: Path, stores: dict, *extra: str, launcher: list[str] | None = None,
+              timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = (launcher or [PY]) + [str(ROOT / "train.py"), "--config", str(TINY), "--out_dir", str(out_dir),
+                                "--train_store", str(stores["train"]), "--val_id_store", str(stores["val"]), *extra]
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def train_here(out_dir: Path, stores: dict, *extra: str) -> int:
+    """train.main in this process (saves ~10 s of imports per run); accelerate's singletons reset first."""
+    import train
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return train.main(["--config", str(TINY), "--out_dir", str(out_dir), "--train_store", str(stores["train"]),
+                       "--val_id_store", str(stores["val"]), *extra])
+
+
+def read_metrics(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def check_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+
+
+def check_checkpoint(path: Path, stores: dict) -> None:
+    """The checkpoint loads and predicts finite, non-decreasing, non-negative quantiles."""
+    from metagen.store import open_store
+    from model.checkpoint import load_checkpoint
+    from model.preprocess import prepare_batch
+
+    model, meta = load_checkpoint(path)
+    assert set(meta["limits"]) >= {"n_min", "n_max", "dx_max", "dy_max", "mi_max"}
+    assert meta["calibration"] is not None and len(meta["calibration"]) == len(model.config.quantile_levels)
+    store = open_store(stores["val"])
+    batch = prepare_batch([store.get(i) for i in range(4)], model.config, None)
+    model.eval()
+    with torch.no_grad():
+        q = model(batch)
+    assert q.shape == (4, len(model.config.quantile_levels))
+    assert torch.isfinite(q).all()
+    assert (q >= 0).all()
+    assert (q[:, 1:] >= q[:, :-1]).all()
+
+
+# ----------------------------------------------------------------------------- unit tests
+def test_lr_schedule_matches_warmup_then_cosine():
+    from train import lr_at
+    from training.config import TrainConfig
+
+    cfg = TrainConfig(steps=110, lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    lrs = np.array([lr_at(s, cfg) for s in range(cfg.steps)])
+    np.testing.assert_allclose(lrs[:10], 1e-3 * np.arange(1, 11) / 10)          # linear warmup
+    mid = 10 + 50                                                                  # half way down the cosine
+    assert lrs[mid] == pytest.approx((1e-3 + 1e-4) / 2, rel=1e-9)
+    assert lr_at(cfg.steps, cfg) == pytest.approx(1e-4)
+    assert np.all(np.diff(lrs[10:]) <= 0) and lrs.min() >= 1e-4
+
+
+def test_config_overrides_are_typed(tmp_path):
+    from training.config import ConfigError, load_train_config
+
+    cfg = load_train_config(TINY, ["--steps", "7", "--lr=0.5", "--min_lr", "0", "--out_dir", "123",
+                                   "--model.dim", "24", "--model.use_knn", "false",
+                                   "--model.quantile_levels", "0.1,0.5,0.9", "--calib_store", "none"], check_paths=False)
+    assert (cfg.steps, cfg.lr, cfg.out_dir, cfg.calib_store) == (7, 0.5, "123", None)
+    mcfg = cfg.model_config()
+    assert isinstance(cfg.lr, float) and (mcfg.dim, mcfg.use_knn, mcfg.quantile_levels) == (24, False, (0.1, 0.5, 0.9))
+    assert mcfg.heads == 2                                       # from the [model] table of tiny.toml
+    with pytest.raises(ConfigError, match="divisible"):          # ModelConfig's own checks, one line
+        load_train_config(TINY, ["--model.dim", "5"], check_paths=False)
+    with pytest.raises(ConfigError, match="steps"):
+        load_train_config(TINY, ["--steps", "1.5"], check_paths=False)
+    with pytest.raises(ConfigError, match="unknown"):
+        load_train_config(TINY, ["--model.no_such_field", "1"], check_paths=False)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('steps = "ten"\n')
+    with pytest.raises(ConfigError, match="steps"):
+        load_train_config(bad, [], check_paths=False)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--no_such_key", "1"], "unknown config key"),
+    (["--steps", "many"], "steps"),
+    (["--model.no_such_field", "3"], "unknown model key"),
+    (["--val_id_store", "/nonexistent/store"], "does not exist"),
+    (["--train_store", "/nonexistent/store"], "does not exist"),
+    (["--init-from", "/nonexistent/model.safetensors"], "does not exist"),
+])
+def test_config_errors_return_2_with_one_line(stores, tmp_path, capsys, extra, needle):
+    assert train_here(tmp_path / "run", stores, *extra) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], err
+    assert not (tmp_path / "run").exists()                   # nothing started
+
+
+def test_damaged_store_is_a_config_error(stores, tmp_path, capsys):
+    fake = tmp_path / "not_a_store"
+    fake.mkdir()
+    assert train_here(tmp_path / "run", stores, "--val_id_store", str(fake)) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "train.py: error:" in lines[0], lines
+
+
+def test_cli_exit_code_2_without_traceback(stores, tmp_path):
+    proc = run_train(tmp_path / "run", stores, "--no_such_key", "1", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "unknown config key" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_draw_rows_bounds_and_log_uniform():
+    from training.data import draw_rows
+
+    rng = np.random.default_rng(0)
+    draws = np.array([draw_rows(rng, 1000, 10, 1000) for _ in range(4000)])
+    assert draws.min() >= 10 and draws.max() <= 1000
+    # log-uniform: about half of the draws below the geometric midpoint sqrt(10 * 1000) = 100
+    assert abs(np.mean(draws < 100) - 0.5) < 0.04
+    assert draw_rows(rng, 7, 10, 1000) == 7            # smallest set below n_train_min: use all its rows
+    assert all(draw_rows(rng, 50, 10, 1000) <= 50 for _ in range(100))
+
+
+def test_store_batches_are_bucketed_disjoint_and_pure(stores):
+    from metagen.store import open_store
+    from model.network import ModelConfig
+    from training.config import TrainConfig
+    from training.data import StoreBatches
+
+    store = open_store(stores["train"])
+    cfg = TrainConfig(batch_size=8, bucket_sets=32, n_train_min=8, n_train_max=64, seed=3)
+    mcfg = ModelConfig()
+    parts = [StoreBatches(str(stores["train"]), cfg, mcfg, p, 2) for p in range(2)]
+    seen = [set(), set()]
+    for p, ds in enumerate(parts):
+        epoch = [ds.indices(m) for m in range(ds.batches_per_epoch)]
+        flat = np.concatenate(epoch)
+        assert len(set(flat.tolist())) == len(flat)                 # each set at most once per epoch
+        assert np.all(flat % 2 == p)                                # process p owns sets p, p+2, ...
+        seen[p] = set(flat.tolist())
+        d = store.dx + store.dy
+        bucket_of = {int(i): b for b, bucket in enumerate(ds.buckets) for i in bucket}
+        assert all(len({bucket_of[int(i)] for i in batch}) == 1 for batch in epoch)   # one dx+dy bucket
+        spread = [int(d[b].max() - d[b].min()) for b in epoch]
+        assert np.mean(spread) <= max(1, int(d.max() - d.min()))
+        assert not np.array_equal(ds.indices(0), ds.indices(ds.batches_per_epoch))   # reshuffled per epoch
+    assert not seen[0] & seen[1]
+    a, b = parts[0][5], StoreBatches(str(stores["train"]), cfg, mcfg, 0, 2)[5]      # pure in (seed, m, p)
+    assert a.n == b.n and np.array_equal(a.mi, b.mi) and torch.equal(a.target_t, b.target_t)
+    assert torch.equal(a.batch.rows, b.batch.rows)
+    idx = parts[0].indices(5)
+    assert np.allclose(a.mi, store.mi[idx]) and np.allclose(a.target_t.numpy(), np.log1p(store.mi[idx]), atol=1e-6)
+    assert 8 <= a.n <= min(64, int(store.n[idx].min())) or a.n == int(store.n[idx].min())
+    assert int(a.batch.n.max()) == a.n and int(a.batch.n.min()) == a.n       # one shared n' per batch
+
+
+def test_stream_batches_are_fresh_and_pure():
+    from model.network import ModelConfig
+    from training.config import TrainConfig
+    from training.data import StreamBatches
+
+    cfg = TrainConfig(batch_size=4, stream_pool=3, n_train_min=8, n_train_max=32, seed=1)
+    ds = StreamBatches(str(GEN_CONFIG), cfg, ModelConfig(), 0, 2)
+    other = StreamBatches(str(GEN_CONFIG), cfg, ModelConfig(), 1, 2)
+    seeds = [{t.seed for t in ds.tasks(m)} for m in range(6)] + [{t.seed for t in other.tasks(m)} for m in range(3)]
+    assert all(len(s) == 4 for s in seeds)
+    assert len(set().union(*seeds)) == 36                          # every batch of every process is fresh
+    group = ds.group_tasks(0)                                      # micro-batches 0..2: one sorted group
+    assert [t.dx + t.dy for t in group] == sorted(t.dx + t.dy for t in group)
+    assert sorted(s for m in range(3) for s in [t.seed for t in ds.tasks(m)]) == sorted(t.seed for t in group)
+    a, b = ds[2], StreamBatches(str(GEN_CONFIG), cfg, ModelConfig(), 0, 2)[2]
+    assert a.n == b.n and torch.equal(a.batch.rows, b.batch.rows)
+    assert np.allclose(a.mi, [t.mi for t in ds.tasks(2)])
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_end_to_end_loss_falls_and_checkpoint_loads(stores, tmp_path):
+    out = tmp_path / "run"
+    assert train_here(out, stores, "--steps", "40", "--log_every", "1", "--eval_every", "20", "--save_every", "20",
+                      "--val_ood_store", str(stores["val"])) == 0
+    records = read_metrics(out)
+    losses = [r["loss"] for r in records if r["kind"] == "train"]
+    assert len(losses) == 40 and all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [20, 40]
+    for r in evals:
+        assert set(r["val_id"]) >= EVAL_KEYS
+        assert 0.0 <= r["val_id"]["coverage_90"] <= 1.0 and r["val_id"]["width_90"] >= r["val_id"]["width_50"] >= 0
+        assert r["val_id"]["num_sets"] == 16                        # the odd half of 32 validation sets
+        assert set(r["val_ood"]) >= EVAL_KEYS and r["val_ood"]["num_sets"] == 32
+    for name in ("best.safetensors", "last.safetensors"):
+        check_checkpoint(out / name, stores)
+    from model.checkpoint import load_checkpoint
+
+    best, meta = load_checkpoint(out / "best.safetensors")
+    assert meta["info"]["step"] in (20, 40) and meta["limits"]["n_max"] <= 128
+    # --init-from: continue from those weights (the checkpoint's model config wins over --model.*)
+    again = tmp_path / "again"
+    assert train_here(again, stores, "--init-from", str(out / "best.safetensors"), "--steps", "2",
+                      "--eval_every", "2", "--model.dim", "64") == 0
+    cont, _ = load_checkpoint(again / "last.safetensors")
+    assert cont.config == best.config
+    assert not all(torch.equal(a, b) for a, b in zip(best.state_dict().values(), cont.state_dict().values()))
+
+
+def test_resume_continues_with_the_same_batches(stores, tmp_path):
+    common = ("--steps", "12", "--save_every", "4", "--eval_every", "100", "--log_every", "1", "--log_batch_hash", "true")
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert train_here(full, stores, *common) == 0
+    assert train_here(part, stores, *common, "--max-steps-this-run", "6") == 0
+    states = sorted(p.name for p in (part / "states").iterdir())
+    assert states == ["step-00000004", "step-00000006"]
+    # pretend the run was killed after step 6 but before its state at 6 was written
+    import shutil
+    shutil.rmtree(part / "states" / "step-00000006")
+    assert train_here(part, stores, *common, "--resume") == 0
+    ref = {r["micro"]: r for r in read_metrics(full) if r["kind"] == "batch"}
+    got = [r for r in read_metrics(part) if r["kind"] == "batch"]
+    first, resumed = got[:6], got[6:]
+    assert [r["micro"] for r in resumed] == list(range(4, 12))    # continued from the saved step 4
+    for r in first + resumed:
+        assert r["hash"] == ref[r["micro"]]["hash"]                  # same data order as uninterrupted
+        assert r["loss"] == pytest.approx(ref[r["micro"]]["loss"], rel=1e-5, abs=1e-6)
+    assert (part / "last.safetensors").is_file()
+
+
+def test_sigterm_saves_state_and_exits(stores, tmp_path):
+    """SIGTERM (SLURM preemption) mid-run: the step finishes, its state is saved, main returns 0."""
+    out = tmp_path / "run"
+    sent = threading.Event()
+
+    def send_when_running():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if (out / "metrics.jsonl").is_file() and len(read_metrics(out)) >= 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+                sent.set()
+                return
+            time.sleep(0.05)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    watcher = threading.Thread(target=send_when_running, daemon=True)
+    watcher.start()
+    rc = train_here(out, stores, "--steps", "100000", "--save_every", "100000", "--eval_every", "100000",
+                    "--log_every", "1")
+    watcher.join()
+    assert sent.is_set() and rc == 0
+    assert signal.getsignal(signal.SIGTERM) is previous          # handlers restored
+    logged = max(r["step"] for r in read_metrics(out) if r["kind"] == "train")
+    states = [p.name for p in (out / "states").iterdir()]
+    assert states == [f"step-{logged:08d}"], (states, logged)
+    assert json.loads((out / "states" / states[0] / "train_state.json").read_text())["step"] == logged
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_accelerate_launch(stores, tmp_path):
+    out = tmp_path / "ddp"
+    # accelerate 1.x: `--cpu --num_processes 2` starts one process (it wants mpirun); the torchrun
+    # launcher (--multi_gpu) starts two, and train.py uses gloo on a machine without GPU
+    launcher = [str(Path(PY).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    proc = run_train(out, stores, "--steps", "8", "--eval_every", "8", "--save_every", "4", launcher=launcher,
+                     timeout=300)
+    check_ok(proc)
+    check_checkpoint(out / "best.safetensors", stores)
+    check_checkpoint(out / "last.safetensors", stores)
+    assert [p.name for p in sorted((out / "states").iterdir())] == ["step-00000004", "step-00000008"]
+    state = out / "states" / "step-00000008"
+    assert (state / "random_states_0.pkl").is_file() and (state / "random_states_1.pkl").is_file()
+    records = read_metrics(out)                                  # only the main process writes
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [8]
+    proc = run_train(out, stores, "--steps", "12", "--eval_every", "12", "--save_every", "4", "--resume",
+                     launcher=launcher, timeout=300)
+    check_ok(proc)
+    evals = [r["step"] for r in read_metrics(out) if r["kind"] == "eval"]
+    assert evals == [8, 12]                                      # resumed at 8, not from scratch

@@ -1,0 +1,265 @@
+"""Training batches: sets of similar size, subsampled to one shared n, a pure function of the step.
+
+A micro-batch is identified by its index ``m`` (optimizer step * grad_accum + k).
+Its composition depends only on ``(seed, m, process_index)``, so a resumed run sees
+the same data as an uninterrupted one, and processes see disjoint data:
+
+- ``StoreBatches``: process p owns the store's sets ``p, p + P, p + 2P, ...``; they are
+  bucketed by dx + dy (contiguous chunks of the sets sorted by dx + dy); every epoch
+  (a pure function of (seed, epoch, p)) sorts each bucket by a jittered log n, cuts
+  it into batches and shuffles the batches, so a batch holds sets of similar
+  (dx + dy, n) and each set is seen once per epoch.
+- ``StreamBatches``: fresh sets straight from ``metagen.tasks.draw_task``. Micro-batches
+  come in groups of ``pool``: group g of process p draws the tasks
+  ``(g * P + p) * B * pool + j`` (disjoint everywhere), sorts them by dx + dy and cuts
+  them into ``pool`` batches of similar dimensions, served in an order shuffled by
+  (seed, g, p). Every drawn task is used once (drawing costs ~20 ms a task, mostly the
+  Monte Carlo MI of mixtures, ten times the sampling); a worker serving part of a group
+  draws the whole group, so with w workers up to min(w, pool) times the draws are made.
+
+All sets of a batch are then subsampled to one n' drawn log-uniformly between
+``n_train_min`` and ``min(n_train_max, min n_i)``; taking a random subset of rows keeps
+the sample i.i.d. from the same joint distribution, so the MI target stays exact.
+Streamed tasks are sampled at n' directly (the same distribution, less work).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+_TAG_EPOCH, _TAG_BATCH, _TAG_PREP = 7, 11, 13   # separate random streams from one seed
+
+
+@dataclass
+class TrainBatch:
+    """One micro-batch: the model input and its targets.
+
+    batch: model.preprocess.Batch of B sets, all with ``n`` rows.
+    target_t: (B,) float32 tensor, log1p(MI in nats).
+    n: shared number of rows after subsampling.
+    dx, dy: (B,) int arrays; mi: (B,) float64 array, MI in nats.
+    fingerprint: hex digest of the raw subsampled values and targets ("" unless requested).
+    """
+
+    batch: Any
+    target_t: torch.Tensor
+    n: int
+    dx: np.ndarray
+    dy: np.ndarray
+    mi: np.ndarray
+    fingerprint: str = ""
+
+
+def draw_rows(rng: np.random.Generator, n_min_in_batch: int, n_train_min: int, n_train_max: int) -> int:
+    """Shared subsample size n', log-uniform in [n_train_min, min(n_train_max, n_min_in_batch)].
+
+    If the smallest set has fewer than n_train_min rows, all sets are cut to its size.
+    """
+    hi = min(n_train_max, n_min_in_batch)
+    lo = min(n_train_min, hi)
+    if lo >= hi:
+        return int(hi)
+    value = math.exp(rng.uniform(math.log(lo), math.log(hi + 1)))
+    return int(min(hi, max(lo, math.floor(value))))
+
+
+def subsample_rows(x: np.ndarray, y: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random subset of n rows of (x (N, dx), y (N, dy)), same rows in both."""
+    if n >= x.shape[0]:
+        return x, y
+    rows = rng.permutation(x.shape[0])[:n]
+    return x[rows], y[rows]
+
+
+def fingerprint_sets(sets: list[tuple[np.ndarray, np.ndarray]], mi: np.ndarray) -> str:
+    """Short hex digest of the sets' values and their MI (debug check of the data order)."""
+    h = hashlib.sha1()
+    for x, y in sets:
+        h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+        h.update(np.ascontiguousarray(y, dtype=np.float32).tobytes())
+    h.update(np.asarray(mi, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+class _BatchesBase(Dataset):
+    """Shared part: map-style dataset whose item ``m`` is micro-batch m of this process."""
+
+    def __init__(self, cfg, model_cfg, process_index: int, num_processes: int) -> None:
+        self.seed = int(cfg.seed)
+        self.batch_size = int(cfg.batch_size)
+        self.n_train_min = int(cfg.n_train_min)
+        self.n_train_max = int(cfg.n_train_max)
+        self.with_fingerprint = bool(cfg.log_batch_hash)
+        self.model_cfg = model_cfg
+        self.process_index = int(process_index)
+        self.num_processes = int(num_processes)
+
+    def __len__(self) -> int:          # effectively infinite; the sampler picks the indices
+        return 2**62
+
+    def _rng(self, tag: int, *key: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([self.seed, tag, *key, self.process_index]))
+
+    def _finish(self, m: int, sets: list[tuple[np.ndarray, np.ndarray]], mi: np.ndarray, n: int) -> TrainBatch:
+        """Prepare sets that all have n rows into a TrainBatch."""
+        from model.preprocess import prepare_batch
+
+        mi = np.asarray(mi, dtype=np.float64)
+        batch = prepare_batch(sets, self.model_cfg, self._rng(_TAG_PREP, m))
+        return TrainBatch(
+            batch=batch,
+            target_t=torch.from_numpy(np.log1p(np.maximum(mi, 0.0))).float(),
+            n=n,
+            dx=np.array([x.shape[1] for x, _ in sets]),
+            dy=np.array([y.shape[1] for _, y in sets]),
+            mi=mi,
+            fingerprint=fingerprint_sets(sets, mi) if self.with_fingerprint else "",
+        )
+
+
+class StoreBatches(_BatchesBase):
+    """Micro-batches from a zarr meta-dataset (``metagen.store.open_store``)."""
+
+    def __init__(self, store_path: str, cfg, model_cfg, process_index: int = 0, num_processes: int = 1) -> None:
+        super().__init__(cfg, model_cfg, process_index, num_processes)
+        from metagen.store import open_store
+
+        self.store_path = store_path
+        store = open_store(store_path)
+        self._store = store
+        mine = np.arange(len(store))[self.process_index::self.num_processes]
+        if len(mine) < self.batch_size:
+            raise ValueError(f"store {store_path!r} has {len(store)} sets: too few for batch_size "
+                             f"{self.batch_size} on {self.num_processes} process(es)")
+        self.n = np.asarray(store.n, dtype=np.int64)
+        self.dx = np.asarray(store.dx, dtype=np.int64)
+        self.dy = np.asarray(store.dy, dtype=np.int64)
+        self.mi = np.asarray(store.mi, dtype=np.float64)
+        bucket_sets = max(int(cfg.bucket_sets) or 16 * self.batch_size, self.batch_size)
+        order = mine[np.argsort(self.dx[mine] + self.dy[mine], kind="stable")]
+        self.buckets = np.array_split(order, max(1, len(order) // bucket_sets))
+        self.batches_per_epoch = sum(len(b) // self.batch_size for b in self.buckets)
+        self._epoch_cache: tuple[int, list[np.ndarray]] | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_store"] = None           # each worker opens its own handle
+        state["_epoch_cache"] = None
+        return state
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """The batches (arrays of set indices) of one epoch, in order; pure in (seed, epoch, p)."""
+        if self._epoch_cache is not None and self._epoch_cache[0] == epoch:
+            return self._epoch_cache[1]
+        rng = self._rng(_TAG_EPOCH, epoch)
+        batches: list[np.ndarray] = []
+        for bucket in self.buckets:
+            key = np.log(self.n[bucket]) + rng.uniform(0.0, 0.5, size=len(bucket))   # n within ~1.6x
+            ordered = bucket[np.argsort(key, kind="stable")]
+            usable = len(ordered) // self.batch_size * self.batch_size
+            batches.extend(np.split(ordered[:usable], usable // self.batch_size))
+        order = rng.permutation(len(batches))
+        batches = [batches[i] for i in order]
+        self._epoch_cache = (epoch, batches)
+        return batches
+
+    def indices(self, m: int) -> np.ndarray:
+        """Set indices of micro-batch m of this process."""
+        epoch, j = divmod(int(m), self.batches_per_epoch)
+        return self.epoch_batches(epoch)[j]
+
+    def __getitem__(self, m: int) -> TrainBatch:
+        if self._store is None:
+            from metagen.store import open_store
+
+            self._store = open_store(self.store_path)
+        idx = self.indices(m)
+        rng = self._rng(_TAG_BATCH, m)
+        n = draw_rows(rng, int(self.n[idx].min()), self.n_train_min, self.n_train_max)
+        sets = [subsample_rows(*self._store.get(int(i)), n, rng) for i in idx]
+        return self._finish(m, sets, self.mi[idx], n)
+
+
+class StreamBatches(_BatchesBase):
+    """Micro-batches of fresh sets drawn with ``metagen.tasks.draw_task`` (infinite data)."""
+
+    def __init__(self, config_path: str, cfg, model_cfg, process_index: int = 0, num_processes: int = 1) -> None:
+        super().__init__(cfg, model_cfg, process_index, num_processes)
+        from metagen.config import load_config
+
+        self.config_path = config_path
+        self.gen_config = load_config(config_path)
+        self.stream_seed = int(cfg.stream_seed)
+        self.pool = int(cfg.stream_pool)
+        self._group_cache: tuple[int, list] | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_group_cache"] = None
+        return state
+
+    def group_tasks(self, group: int) -> list:
+        """The pool * B tasks of a group of ``pool`` consecutive micro-batches, sorted by dx + dy."""
+        from metagen.tasks import draw_task
+
+        if self._group_cache is not None and self._group_cache[0] == group:
+            return self._group_cache[1]
+        size = self.batch_size * self.pool
+        base = (int(group) * self.num_processes + self.process_index) * size
+        tasks = [draw_task(self.gen_config, self.stream_seed, base + j) for j in range(size)]
+        tasks.sort(key=lambda t: t.dx + t.dy)            # stable: ties keep index order
+        self._group_cache = (group, tasks)
+        return tasks
+
+    def tasks(self, m: int) -> list:
+        """The B tasks of micro-batch m of this process (drawn, not yet sampled)."""
+        group, k = divmod(int(m), self.pool)
+        chunk = int(self._rng(_TAG_EPOCH, group).permutation(self.pool)[k])
+        return self.group_tasks(group)[chunk * self.batch_size:(chunk + 1) * self.batch_size]
+
+    def __getitem__(self, m: int) -> TrainBatch:
+        tasks = self.tasks(m)
+        n = draw_rows(self._rng(_TAG_BATCH, m), min(t.n for t in tasks), self.n_train_min, self.n_train_max)
+        # sampling n rows directly is the same as subsampling a larger i.i.d. sample, and cheaper
+        sets = [dataclasses.replace(t, n=n).sample() if t.n > n else t.sample() for t in tasks]
+        return self._finish(m, sets, np.array([t.mi for t in tasks]), n)
+
+
+def _identity(item):
+    return item
+
+
+def _worker_init(_worker_id: int) -> None:
+    """One torch thread per worker; Ctrl-C / SIGTERM are for the training process only.
+
+    (A worker killed by SIGTERM from SLURM would make the DataLoader abort the main
+    process before it can save its state; the main process ends the workers itself.)
+    """
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def make_loader(dataset: Dataset, start: int, stop: int, num_workers: int) -> DataLoader:
+    """DataLoader yielding ``dataset[m]`` for m = start .. stop - 1, in order.
+
+    Workers run with one torch thread each; the loader never collates (items are batches).
+    """
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=range(start, stop),
+        num_workers=num_workers,
+        collate_fn=_identity,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+        prefetch_factor=4 if num_workers > 0 else None,
+        persistent_workers=False,
+    )
