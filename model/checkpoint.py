@@ -1,0 +1,166 @@
+"""Checkpoint format: one safetensors file (weights) whose metadata holds JSON.
+
+Metadata keys (all values are strings, as safetensors requires):
+
+    format          "amortized-mi-checkpoint"
+    format_version  "1"
+    config          JSON of ModelConfig.to_dict()
+    limits          JSON dict of the trained range: n_min, n_max, dx_max, dy_max, mi_max (+ any extra)
+    calibration     JSON list of per-level offsets in t = log1p(MI) space, or null
+    info            JSON dict (training data, steps, metrics, ...)
+    fingerprint     SHA-256 over the weights (names, dtypes, shapes, bytes; sorted by name)
+
+Loading never unpickles: safetensors stores raw tensor bytes only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from model.network import MIEstimator, ModelConfig
+
+FORMAT = "amortized-mi-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED_LIMITS = ("n_min", "n_max", "dx_max", "dy_max", "mi_max")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, not a safetensors file, or does not match this code."""
+
+
+def weights_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 hex digest over (name, dtype, shape, raw bytes) of every tensor, sorted by name."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: MIEstimator,
+    *,
+    limits: dict,
+    calibration: list[float] | None = None,
+    info: dict | None = None,
+) -> None:
+    """Write `model` (weights + config) with its trained `limits`, calibration offsets and info.
+
+    limits must hold n_min, n_max, dx_max, dy_max, mi_max (MI in nats); calibration, if
+    given, has one offset per quantile level of the model. The file is written to a
+    temporary name and renamed, so a crash never leaves a half-written checkpoint.
+    """
+    missing = [k for k in REQUIRED_LIMITS if k not in limits]
+    if missing:
+        raise ValueError(f"limits is missing {missing} (required: {list(REQUIRED_LIMITS)})")
+    q = len(model.config.quantile_levels)
+    if calibration is not None:
+        calibration = [float(c) for c in calibration]
+        if len(calibration) != q:
+            raise ValueError(f"calibration needs {q} offsets (one per quantile level), got {len(calibration)}")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "config": json.dumps(model.config.to_dict()),
+        "limits": json.dumps(limits),
+        "calibration": json.dumps(calibration),
+        "info": json.dumps(info or {}),
+        "fingerprint": weights_fingerprint(tensors),
+    }
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _json_field(meta: dict, key: str, path: Path):
+    if key not in meta:
+        raise CheckpointError(f"{path}: checkpoint metadata has no '{key}' entry")
+    try:
+        return json.loads(meta[key])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: checkpoint metadata '{key}' is not valid JSON ({e})") from None
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MIEstimator, dict]:
+    """Load a checkpoint written by `save_checkpoint`.
+
+    Returns (model in eval mode on `device`, metadata) where metadata = {"config": dict,
+    "limits": dict, "calibration": list | None, "info": dict, "format_version": int,
+    "fingerprint": str}. Raises CheckpointError for a missing file, a file that is not
+    safetensors, missing/incompatible metadata, a fingerprint mismatch (tampered or
+    corrupted weights) or weights that do not fit the stored config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # SafetensorError, OSError, ... : never fall back to pickle
+        raise CheckpointError(
+            f"{path} is not a readable safetensors checkpoint ({type(e).__name__}: {e}); "
+            "torch .pt/.pth pickles are not accepted"
+        ) from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an amortized-MI checkpoint (metadata format={meta.get('format')!r})")
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise CheckpointError(f"{path}: bad format_version {meta.get('format_version')!r}") from None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version}, this code reads {FORMAT_VERSION}")
+    config_d = _json_field(meta, "config", path)
+    limits = _json_field(meta, "limits", path)
+    calibration = _json_field(meta, "calibration", path)
+    info = _json_field(meta, "info", path)
+    if not isinstance(limits, dict) or any(k not in limits for k in REQUIRED_LIMITS):
+        raise CheckpointError(f"{path}: limits must be a dict with {list(REQUIRED_LIMITS)}, got {limits!r}")
+    try:
+        config = ModelConfig.from_dict(config_d)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: stored model config is incompatible with this code: {e}") from None
+    if calibration is not None and (
+        not isinstance(calibration, list) or len(calibration) != len(config.quantile_levels)
+    ):
+        raise CheckpointError(f"{path}: calibration must be null or {len(config.quantile_levels)} offsets")
+    fingerprint = meta.get("fingerprint")
+    if fingerprint != weights_fingerprint(tensors):
+        raise CheckpointError(
+            f"{path}: weight fingerprint mismatch: the file is corrupted or was modified after saving"
+        )
+    model = MIEstimator(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [
+        f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in tensors and tensors[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path}: weights do not fit the stored config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}"
+        )
+    model.load_state_dict(tensors, strict=True)
+    model.to(device).eval()
+    metadata = {
+        "config": config.to_dict(),
+        "limits": limits,
+        "calibration": calibration,
+        "info": info,
+        "format_version": version,
+        "fingerprint": fingerprint,
+    }
+    return model, metadata

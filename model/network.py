@@ -1,0 +1,200 @@
+"""The estimator network: a permutation-invariant 2D-attention quantile regressor.
+
+Input: a `Batch` (see model/preprocess.py). Output: (B, Q) non-decreasing, >= 0
+quantiles of t = log1p(MI in nats) at `ModelConfig.quantile_levels`.
+
+Architecture (invariances hold exactly, by construction):
+
+1. Cell layers on a row subsample (<= `cell_rows` rows, chosen invariantly in
+   preprocessing). A cell token (sample i, coordinate j) is embedded from its value
+   only: no coordinate index, so coordinates within x and within y are exchangeable.
+   Each layer = feature-axis self-attention within a row (sequence of dx + dy cells)
+   + sample-axis attention within a column through inducing points (ISAB).
+   X/Y roles: instead of "a learned X-or-Y role vector" added to each cell (DESIGN.md),
+   the feature-axis attention adds a learned per-head bias for same-group vs
+   cross-group pairs. The model still knows which cells belong together, but
+   nothing distinguishes "the x group" from "the y group", so swapping x and y gives
+   exactly the same output, without the cost of averaging both orders (a role vector
+   would need that averaging, doubling the cost, to be symmetric).
+2. Column context: masked mean of each column's cell tokens over the subsample,
+   turned into per-column weights W_j (basis x dim).
+3. Row level (all rows): each cell value z_ij -> K learned scalar basis functions
+   phi_k(z) = GELU(a_k z + b_k); the row's x summary is the masked mean over x columns
+   of sum_k phi_k(z_ij) W_jk (one batched matmul over (column, basis) pairs, so the
+   per-cell cost is K scalars, not a dim-wide token), likewise py; they are combined
+   only through symmetric functions (px + py, px * py, |px - py|) with the row's kNN
+   features -> one token per row; ISAB layers over rows (linear in n); PMA pooling.
+4. Head: [pooled vector, symmetric column-context summary, set statistics] -> MLP ->
+   first quantile softplus, each next = previous + softplus (non-crossing, >= 0).
+
+Padded rows and columns never change any output (attention masks, masked means).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.blocks import ISAB, PMA, SAB
+from model.preprocess import KNN_FEATURES, Batch, stats_dim
+
+DEFAULT_LEVELS = (0.01, 0.025, 0.05) + tuple(round(0.1 + 0.05 * i, 2) for i in range(17)) + (0.95, 0.975, 0.99)
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of `MIEstimator`; stored inside the checkpoint as JSON."""
+
+    dim: int = 32  # hidden size of every token (cells, rows, pooled vector)
+    heads: int = 2  # attention heads (dim must be divisible by heads)
+    ffn_mult: int = 1  # feed-forward hidden size = ffn_mult * dim in every attention block
+    cell_layers: int = 1  # 2D (feature-axis + sample-axis) attention layers on the cell tokens
+    cell_rows: int = 32  # row subsample seen by the cell layers (all rows reach the row-level part)
+    inducing: int = 8  # inducing points for sample-axis attention (ISAB), cells and rows
+    row_layers: int = 1  # ISAB layers over row tokens
+    basis: int = 8  # learned scalar basis functions per cell in the row-level part (see MIEstimator)
+    head_hidden: int = 64  # hidden width of the quantile head MLP
+    input_transform: str = "copula"  # "copula" (rank -> normal scores) or "standardize" (raw, for ablation)
+    use_cca: bool = True  # canonical-correlation + Gaussian-copula-MI statistics as inputs
+    cca_top: int = 8  # number of top canonical pairs given to the head (0-padded)
+    use_knn: bool = True  # kNN (KSG-style) per-row statistics as inputs
+    knn_k: int = 3  # neighbours for the kNN statistics
+    knn_rows: int = 256  # kNN reference rows (every row is a query against them)
+    quantile_levels: tuple[float, ...] = field(default=DEFAULT_LEVELS)  # fixed output grid, increasing in (0, 1)
+
+    def __post_init__(self) -> None:
+        self.quantile_levels = tuple(float(q) for q in self.quantile_levels)
+        lv = self.quantile_levels
+        if len(lv) < 2 or not all(0 < a < b < 1 for a, b in zip(lv, lv[1:])) or not 0 < lv[0]:
+            raise ValueError(f"quantile_levels must be >= 2 strictly increasing values in (0, 1), got {lv}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if self.input_transform not in ("copula", "standardize"):
+            raise ValueError(f"input_transform must be 'copula' or 'standardize', got {self.input_transform!r}")
+        for name in ("dim", "heads", "ffn_mult", "cell_rows", "inducing", "basis", "head_hidden", "knn_k", "knn_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cell_rows < 2 or self.knn_rows < 2:
+            raise ValueError("cell_rows and knn_rows must be >= 2")
+        for name in ("cell_layers", "row_layers", "cca_top"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (quantile_levels as a list)."""
+        d = dataclasses.asdict(self)
+        d["quantile_levels"] = list(self.quantile_levels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Inverse of `to_dict`; unknown keys raise ValueError (missing keys take defaults)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys: {unknown}")
+        return cls(**d)
+
+
+def _masked_mean(x: Tensor, valid: Tensor, dim: int) -> Tensor:
+    """Mean of x over `dim` where valid (bool, x.shape without the trailing feature dim)."""
+    w = valid.to(x.dtype)
+    w = w / w.sum(dim=dim, keepdim=True).clamp_min(1.0)
+    return (x * w.unsqueeze(-1)).sum(dim=dim)
+
+
+class CellLayer(nn.Module):
+    """One 2D attention layer: feature-axis attention within rows, then sample-axis ISAB within columns."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.feature = SAB(config.dim, config.heads, config.ffn_mult)
+        self.group_bias = nn.Parameter(torch.zeros(2, config.heads))  # [same group, other group] per head
+        self.sample = ISAB(config.dim, config.heads, config.inducing, config.ffn_mult)
+
+    def forward(self, h: Tensor, same: Tensor, col_valid: Tensor, row_valid: Tensor) -> Tensor:
+        """h (B, R, D, dim); same (D, D) bool same-group; col_valid (B, D); row_valid (B, R)."""
+        bias = torch.where(same, self.group_bias[0][:, None, None], self.group_bias[1][:, None, None])  # (H, D, D)
+        mask = bias.masked_fill(~col_valid[:, None, None, None, :], float("-inf"))  # (B, 1, H, D, D)
+        h = self.feature(h, mask)
+        ht = h.transpose(1, 2)  # (B, D, R, dim)
+        ht = self.sample(ht, row_valid[:, None, :].expand(-1, ht.shape[1], -1))
+        return ht.transpose(1, 2)
+
+
+class MIEstimator(nn.Module):
+    """Amortized MI estimator: `forward(batch)` -> (B, Q) quantiles of log1p(MI [nats])."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        dim = config.dim
+        self.value_embed = nn.Sequential(nn.Linear(1, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.cell_layers = nn.ModuleList(CellLayer(config) for _ in range(config.cell_layers))
+        self.ctx_norm = nn.LayerNorm(dim)
+        self.basis = nn.Linear(1, config.basis)
+        with torch.no_grad():  # diverse initial basis functions over the normal-score range
+            self.basis.weight.normal_(0.0, 1.5)
+            self.basis.bias.uniform_(-2.0, 2.0)
+        self.col_weights = nn.Linear(dim, config.basis * dim)
+        self.row_embed = nn.Sequential(nn.Linear(3 * dim + KNN_FEATURES, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.row_layers = nn.ModuleList(
+            ISAB(dim, config.heads, config.inducing, config.ffn_mult) for _ in range(config.row_layers)
+        )
+        self.pool = PMA(dim, config.heads, 1, config.ffn_mult)
+        self.pool_norm = nn.LayerNorm(dim)
+        n_in = 3 * dim + stats_dim(config)
+        q = len(config.quantile_levels)
+        self.head = nn.Sequential(
+            nn.Linear(n_in, config.head_hidden),
+            nn.GELU(),
+            nn.Linear(config.head_hidden, config.head_hidden),
+            nn.GELU(),
+            nn.Linear(config.head_hidden, q),
+        )
+        with torch.no_grad():  # start near a sensible spread: increments ~ softplus(-2)
+            self.head[-1].bias.fill_(-2.0)
+
+    def forward(self, batch: Batch) -> Tensor:
+        """batch with B sets -> (B, Q) non-decreasing, >= 0 quantiles of t = log1p(MI in nats)."""
+        col_valid, is_y = batch.col_mask, batch.is_y
+        x_valid = col_valid & ~is_y
+        y_valid = col_valid & is_y
+        same = is_y[:, None] == is_y[None, :]
+
+        # 1. cell layers on the row subsample
+        h = self.value_embed(batch.cells.unsqueeze(-1))  # (B, R, D, dim)
+        for layer in self.cell_layers:
+            h = layer(h, same, col_valid, batch.cell_mask)
+        ctx = _masked_mean(h.transpose(1, 2), batch.cell_mask[:, None, :].expand(-1, h.shape[2], -1), dim=2)
+        ctx = self.ctx_norm(ctx)  # (B, D, dim) per-column context
+
+        # 2.-3. every row: basis features of each cell, mixed by per-column weights, pooled in x and in y
+        b, d, k = ctx.shape[0], ctx.shape[1], self.config.basis
+        weights = self.col_weights(ctx).unflatten(-1, (k, -1))  # (B, D, K, dim)
+        wx = x_valid.to(ctx.dtype) / x_valid.sum(dim=1, keepdim=True).clamp_min(1)  # masked-mean weights (B, D)
+        wy = y_valid.to(ctx.dtype) / y_valid.sum(dim=1, keepdim=True).clamp_min(1)
+        w = torch.cat([weights * wx[:, :, None, None], weights * wy[:, :, None, None]], dim=-1)  # (B, D, K, 2 dim)
+        phi = F.gelu(self.basis(batch.rows.unsqueeze(-1)))  # (B, N, D, K)
+        pxy = torch.bmm(phi.flatten(2), w.reshape(b, d * k, -1))  # (B, N, 2 dim)
+        px, py = pxy.chunk(2, dim=-1)
+        tok = self.row_embed(torch.cat([px + py, px * py, (px - py).abs(), batch.knn], dim=-1))  # (B, N, dim)
+        for layer in self.row_layers:
+            tok = layer(tok, batch.row_mask)
+        pooled = self.pool_norm(self.pool(tok, batch.row_mask)[:, 0])  # (B, dim)
+
+        # 4. head on symmetric summaries
+        cx = _masked_mean(ctx, x_valid, dim=1)
+        cy = _masked_mean(ctx, y_valid, dim=1)
+        head_in = torch.cat([pooled, cx + cy, cx * cy, batch.stats.to(pooled.dtype)], dim=-1)
+        return torch.cumsum(F.softplus(self.head(head_in)), dim=-1)
+
+    def num_parameters(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+__all__ = ["ModelConfig", "MIEstimator", "DEFAULT_LEVELS"]

@@ -1,0 +1,107 @@
+"""The quantile target, loss, interpolation and split-conformal calibration.
+
+The network predicts quantiles of t = log1p(MI in nats) on a fixed grid of levels
+(quantiles are equivariant under the monotone map t <-> MI, so converting back with
+`from_target` gives quantiles of the MI in nats). Other levels are interpolated
+linearly in Phi^-1(level). Calibration: per-level additive offsets in t-space fitted
+on held-out sets (split-conformal per level), stored in the checkpoint.
+
+`interpolate_quantiles` and `apply_calibration` accept numpy arrays (returned as
+numpy) or torch tensors (returned as tensors of the same dtype/device).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.special import ndtri
+from torch import Tensor
+
+
+def to_target(mi_nats: Tensor) -> Tensor:
+    """MI in nats (any shape, >= 0; negative values clipped to 0) -> t = log1p(MI)."""
+    return torch.log1p(mi_nats.clamp_min(0.0))
+
+
+def from_target(t: Tensor) -> Tensor:
+    """t = log1p(MI) -> MI in nats = expm1(t), clipped >= 0."""
+    return torch.expm1(t).clamp_min(0.0)
+
+
+def pinball_loss(pred: Tensor, target_t: Tensor, levels: Tensor) -> Tensor:
+    """Pinball (quantile) loss averaged over the grid and the batch.
+
+    pred (B, Q) predicted quantiles, target_t (B,) true t, levels (Q,) in (0, 1).
+    loss = mean_{b,q} max(tau_q * (t_b - pred_bq), (tau_q - 1) * (t_b - pred_bq)).
+    """
+    levels = levels.to(dtype=pred.dtype, device=pred.device)
+    diff = target_t.to(pred.dtype)[:, None] - pred
+    return torch.maximum(levels * diff, (levels - 1.0) * diff).mean()
+
+
+def _to_numpy(a) -> tuple[np.ndarray, Tensor | None]:
+    if isinstance(a, Tensor):
+        return a.detach().cpu().double().numpy(), a
+    return np.asarray(a, dtype=np.float64), None
+
+
+def _back(a: np.ndarray, like: Tensor | None):
+    return a if like is None else torch.as_tensor(a, dtype=like.dtype, device=like.device)
+
+
+def interpolate_quantiles(grid_levels, grid_values, levels):
+    """Quantiles at arbitrary `levels` from a grid: (..., Q) values -> (..., L).
+
+    grid_levels (Q,) strictly increasing in (0, 1); grid_values (..., Q) (made
+    non-decreasing by a running max first); levels (L,) anywhere in (0, 1). Linear in
+    u = Phi^-1(level) between grid points, extrapolated from the end segments outside
+    the grid, clipped >= 0. Exact at grid levels; non-decreasing in the level.
+    """
+    gl, _ = _to_numpy(grid_levels)
+    gv, like = _to_numpy(grid_values)
+    lv, _ = _to_numpy(levels)
+    lv = np.atleast_1d(lv)
+    if gl.ndim != 1 or gl.size < 2 or np.any(np.diff(gl) <= 0) or gl[0] <= 0 or gl[-1] >= 1:
+        raise ValueError("grid_levels must be >= 2 strictly increasing values in (0, 1)")
+    if gv.shape[-1] != gl.size:
+        raise ValueError(f"grid_values last axis {gv.shape[-1]} != number of grid levels {gl.size}")
+    if np.any(lv <= 0) or np.any(lv >= 1):
+        raise ValueError("levels must lie strictly inside (0, 1)")
+    gv = np.maximum.accumulate(gv, axis=-1)
+    ug, u = ndtri(gl), ndtri(lv)
+    k = np.clip(np.searchsorted(ug, u, side="right") - 1, 0, gl.size - 2)
+    w = (u - ug[k]) / (ug[k + 1] - ug[k])
+    lo, hi = gv[..., k], gv[..., k + 1]
+    out = lo + w * (hi - lo)
+    return _back(np.maximum(out, 0.0), like)
+
+
+def fit_calibration(pred_grid: np.ndarray, target_t: np.ndarray, levels) -> np.ndarray:
+    """Per-level additive offsets c (Q,) in t-space, split-conformal per level.
+
+    pred_grid (N, Q) predicted grid quantiles on held-out sets, target_t (N,) true t.
+    c_q is the ceil(tau_q * N)-th smallest residual t - pred_q, so that on these data
+    mean(t <= pred_q + c_q) = ceil(tau_q * N) / N, i.e. within 1/N of tau_q (above).
+    """
+    pred_grid = np.asarray(pred_grid, dtype=np.float64)
+    target_t = np.asarray(target_t, dtype=np.float64)
+    levels = np.asarray(levels, dtype=np.float64)
+    if pred_grid.ndim != 2 or pred_grid.shape[0] != target_t.shape[0] or pred_grid.shape[1] != levels.size:
+        raise ValueError(
+            f"need pred_grid (N, Q), target_t (N,), levels (Q,); got {pred_grid.shape}, {target_t.shape}, {levels.shape}"
+        )
+    n = target_t.size
+    if n == 0:
+        raise ValueError("fit_calibration needs at least one held-out set")
+    resid = np.sort(target_t[:, None] - pred_grid, axis=0)  # (N, Q)
+    rank = np.clip(np.ceil(levels * n - 1e-9).astype(int), 1, n)  # 1-based order statistic
+    return resid[rank - 1, np.arange(levels.size)]
+
+
+def apply_calibration(pred_grid, offsets):
+    """Add per-level offsets (Q,) to pred_grid (..., Q), restore monotonicity (running max), clip >= 0."""
+    pg, like = _to_numpy(pred_grid)
+    off = np.asarray(offsets, dtype=np.float64)
+    if off.shape != (pg.shape[-1],):
+        raise ValueError(f"offsets must have shape ({pg.shape[-1]},), got {off.shape}")
+    out = np.maximum(np.maximum.accumulate(pg + off, axis=-1), 0.0)
+    return _back(out, like)

@@ -1,0 +1,128 @@
+"""model/checkpoint.py: safetensors round trip, metadata, and every documented refusal."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from model.network import MIEstimator, ModelConfig
+from model.preprocess import prepare_batch
+
+torch.set_num_threads(1)
+LIMITS = {"n_min": 10, "n_max": 500, "dx_max": 16, "dy_max": 16, "mi_max": 35.0}
+CFG = dict(dim=16, heads=2, cell_rows=16, inducing=4, knn_rows=32, head_hidden=16)
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    torch.manual_seed(0)
+    model = MIEstimator(ModelConfig(**CFG)).eval()
+    path = tmp_path / "m.safetensors"
+    cal = [0.01 * i for i in range(len(model.config.quantile_levels))]
+    save_checkpoint(path, model, limits=LIMITS, calibration=cal, info={"steps": 3})
+    return model, path, cal
+
+
+def test_round_trip_gives_identical_outputs_and_metadata(saved):
+    model, path, cal = saved
+    loaded, meta = load_checkpoint(path)
+    assert not loaded.training and loaded.config == model.config
+    rng = np.random.default_rng(0)
+    sets = [(rng.normal(size=(50, 2)), rng.normal(size=(50, 3))), (rng.normal(size=(80, 1)), rng.normal(size=(80, 1)))]
+    batch = prepare_batch(sets, model.config)
+    with torch.no_grad():
+        assert torch.equal(model(batch), loaded(batch))
+    assert meta["limits"] == LIMITS and meta["calibration"] == cal and meta["info"] == {"steps": 3}
+    assert meta["config"] == model.config.to_dict() and meta["format_version"] == 1
+    assert len(meta["fingerprint"]) == 64
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_metadata_is_plain_json_strings(saved):
+    _, path, _ = saved
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    assert all(isinstance(v, str) for v in meta.values())
+    assert json.loads(meta["config"])["dim"] == 16
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_text_file_is_refused(tmp_path):
+    p = tmp_path / "notes.safetensors"
+    p.write_text("this is not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_checkpoint(p)
+
+
+def test_torch_pickle_is_refused_without_unpickling(tmp_path, saved):
+    model, _, _ = saved
+    p = tmp_path / "model.pt"
+    torch.save({"state_dict": model.state_dict(), "config": model.config.to_dict()}, p)
+    with pytest.raises(CheckpointError, match="pickles are not accepted"):
+        load_checkpoint(p)
+
+
+def _rewrite(path, out, tensors=None, **meta_changes):
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    meta.update(meta_changes)
+    meta = {k: v for k, v in meta.items() if v is not None}
+    save_file(tensors if tensors is not None else t, str(out), metadata=meta)
+    return t
+
+
+def test_tampered_weight_fails_the_fingerprint(tmp_path, saved):
+    _, path, _ = saved
+    out = tmp_path / "tampered.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    name = sorted(t)[0]
+    t[name] = t[name].clone()
+    t[name].view(-1)[0] += 1e-3
+    _rewrite(path, out, tensors=t)
+    with pytest.raises(CheckpointError, match="fingerprint mismatch"):
+        load_checkpoint(out)
+
+
+def test_missing_or_incompatible_metadata(tmp_path, saved):
+    _, path, _ = saved
+    cases = {
+        "no_format": (dict(format=None), "not an amortized-MI checkpoint"),
+        "future": (dict(format_version="99"), "format version 99"),
+        "bad_json": (dict(config="{oops"), "not valid JSON"),
+        "unknown_key": (dict(config=json.dumps({**CFG, "colour": 1})), "incompatible"),
+        "no_limits": (dict(limits=None), "no 'limits'"),
+        "bad_limits": (dict(limits=json.dumps({"n_min": 1})), "limits must be"),
+    }
+    for name, (changes, msg) in cases.items():
+        out = tmp_path / f"{name}.safetensors"
+        _rewrite(path, out, **changes)
+        with pytest.raises(CheckpointError, match=msg):
+            load_checkpoint(out)
+
+
+def test_shape_mismatch_with_stored_config(tmp_path, saved):
+    _, path, _ = saved
+    out = tmp_path / "shape.safetensors"
+    bigger = json.dumps(ModelConfig(**{**CFG, "dim": 32, "heads": 2}).to_dict())
+    _rewrite(path, out, config=bigger)
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        load_checkpoint(out)
+
+
+def test_save_validates_its_arguments(tmp_path, saved):
+    model, _, _ = saved
+    with pytest.raises(ValueError, match="limits is missing"):
+        save_checkpoint(tmp_path / "a.safetensors", model, limits={"n_min": 1})
+    with pytest.raises(ValueError, match="calibration needs"):
+        save_checkpoint(tmp_path / "b.safetensors", model, limits=LIMITS, calibration=[0.0])

@@ -1,0 +1,248 @@
+"""model/network.py, blocks.py, quantiles.py: invariances, masks, output constraints, loss.
+
+Randomly initialised models, real forward passes in float64 (tolerance 1e-9 .. 1e-6),
+so every invariance below is exact by construction, not learned.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import ndtr, ndtri
+
+from model.network import MIEstimator, ModelConfig
+from model.preprocess import prepare_batch
+from model.quantiles import (
+    apply_calibration,
+    fit_calibration,
+    from_target,
+    interpolate_quantiles,
+    pinball_loss,
+    to_target,
+)
+
+torch.set_num_threads(1)
+SMALL = dict(dim=16, heads=2, cell_layers=2, cell_rows=24, inducing=4, row_layers=2, knn_rows=40, head_hidden=32)
+
+
+def _model(**kw) -> MIEstimator:
+    torch.manual_seed(0)
+    return MIEstimator(ModelConfig(**{**SMALL, **kw})).double().eval()
+
+
+def _run(model: MIEstimator, sets) -> np.ndarray:
+    with torch.no_grad():
+        return model(prepare_batch(sets, model.config).to(dtype=torch.float64)).numpy()
+
+
+def _pair(n, dx, dy, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dx))
+    y = np.tanh(x[:, :1]) + 0.7 * rng.normal(size=(n, dy))
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+@pytest.mark.parametrize("n", [30, 100])  # 100 > cell_rows and > knn_rows: both subsets are used
+def test_permutation_and_swap_invariance(model, n):
+    x, y = _pair(n, 3, 2, seed=n)
+    ref = _run(model, [(x, y)])
+    rng = np.random.default_rng(1)
+    rows = rng.permutation(n)
+    variants = {
+        "rows": (x[rows], y[rows]),
+        "x coords": (x[:, [2, 0, 1]], y),
+        "y coords": (x, y[:, ::-1]),
+        "swap": (y, x),
+        "all": (y[rows][:, ::-1], x[rows][:, [1, 2, 0]]),
+    }
+    for name, (a, b) in variants.items():
+        np.testing.assert_allclose(_run(model, [(a, b)]), ref, rtol=1e-7, atol=1e-7, err_msg=name)
+
+
+def test_swap_changes_nothing_even_with_unequal_dims(model):
+    x, y = _pair(80, 1, 5, seed=3)
+    np.testing.assert_allclose(_run(model, [(y, x)]), _run(model, [(x, y)]), rtol=1e-7, atol=1e-7)
+
+
+def test_outputs_depend_on_the_data(model):
+    """Guard against a degenerate network that the invariance tests would also pass."""
+    x, y = _pair(60, 2, 2, seed=4)
+    indep = np.random.default_rng(5).normal(size=y.shape)
+    assert np.abs(_run(model, [(x, y)]) - _run(model, [(x, indep)])).max() > 1e-4
+
+
+def test_padding_never_changes_the_output(model):
+    sets = [_pair(60, 2, 2, 0), _pair(150, 5, 1, 1), _pair(7, 1, 1, 2), _pair(40, 1, 6, 3)]
+    together = _run(model, sets)
+    alone = np.concatenate([_run(model, [s]) for s in sets])
+    np.testing.assert_allclose(together, alone, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "options", [{}, dict(use_cca=False, use_knn=False, input_transform="standardize")], ids=["default", "ablation"]
+)
+def test_padding_invariance_in_float32(options):
+    model = _model(**options).float()
+    sets = [_pair(60, 2, 2, 0), _pair(150, 5, 1, 1), _pair(9, 1, 1, 2)]
+    with torch.no_grad():
+        together = model(prepare_batch(sets, model.config)).numpy()
+        alone = np.concatenate([model(prepare_batch([s], model.config)).numpy() for s in sets])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5)
+
+
+def _edge_sets():
+    rng = np.random.default_rng(0)
+    x40 = rng.normal(size=(60, 40))
+    const = rng.normal(size=(50, 3))
+    const[:, 1] = 4.2
+    dup = rng.normal(size=(50, 2))
+    dup = np.concatenate([dup, dup[:, :1]], axis=1)
+    return {
+        "n=2": (rng.normal(size=(2, 1)), rng.normal(size=(2, 1))),
+        "n=3, 2x2": (rng.normal(size=(3, 2)), rng.normal(size=(3, 2))),
+        "1x1": (rng.normal(size=(100, 1)), rng.normal(size=(100, 1))),
+        "40x40": (x40, x40 @ rng.normal(size=(40, 40)) + rng.normal(size=(60, 40))),
+        "constant columns": (const, const[:, :2] + rng.normal(size=(50, 2))),
+        "all constant": (np.ones((20, 2)), np.zeros((20, 1))),
+        "duplicated columns": (dup, dup[:, ::-1]),
+        "identical x and y": (dup, dup),
+        "discrete": (rng.integers(0, 2, size=(80, 2)).astype(float), rng.integers(0, 3, size=(80, 1)).astype(float)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_edge_sets()))
+def test_outputs_are_finite_monotone_nonnegative(model, name):
+    x, y = _edge_sets()[name]
+    q = _run(model, [(x, y)])
+    assert q.shape == (1, len(model.config.quantile_levels))
+    assert np.isfinite(q).all() and (q >= 0).all() and np.all(np.diff(q, axis=1) >= 0)
+
+
+def test_default_config_runs_and_is_small():
+    torch.manual_seed(0)
+    model = MIEstimator(ModelConfig()).eval()
+    assert 20_000 < model.num_parameters() < 1_000_000
+    x, y = _pair(300, 4, 4)
+    with torch.no_grad():
+        q = model(prepare_batch([(x, y)], model.config))
+    assert torch.isfinite(q).all()
+
+
+def test_config_round_trip_and_unknown_keys():
+    cfg = ModelConfig(dim=24, heads=3, use_knn=False, quantile_levels=(0.1, 0.5, 0.9))
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        ModelConfig.from_dict({**cfg.to_dict(), "colour": "blue"})
+    with pytest.raises(ValueError):
+        ModelConfig(dim=30, heads=4)
+    with pytest.raises(ValueError):
+        ModelConfig(quantile_levels=(0.5, 0.4))
+
+
+def test_gradients_reach_every_parameter():
+    model = _model().float().train()
+    sets = [_pair(50, 2, 3, s) for s in range(3)]
+    out = model(prepare_batch(sets, model.config, rng=np.random.default_rng(0)))
+    out.sum().backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not dead
+
+
+# ---------------------------------------------------------------- quantiles.py
+
+
+def test_target_transform_round_trip():
+    mi = torch.tensor([0.0, 0.3, 2.0, 35.0], dtype=torch.float64)
+    np.testing.assert_allclose(to_target(mi).numpy(), np.log1p(mi.numpy()))
+    np.testing.assert_allclose(from_target(to_target(mi)).numpy(), mi.numpy(), rtol=1e-12)
+    assert from_target(torch.tensor([-0.5])).item() == 0.0
+
+
+def test_pinball_loss_matches_numpy():
+    rng = np.random.default_rng(0)
+    pred, target, levels = rng.normal(size=(7, 5)), rng.normal(size=7), np.array([0.05, 0.2, 0.5, 0.8, 0.95])
+    expected = np.mean(
+        [
+            [tau * (t - p) if t >= p else (1 - tau) * (p - t) for p, tau in zip(row, levels)]
+            for row, t in zip(pred, target)
+        ]
+    )
+    got = pinball_loss(torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(levels))
+    assert abs(got.item() - expected) < 1e-12
+
+
+def test_interpolation_exact_on_grid_monotone_and_extrapolates():
+    levels = np.array(ModelConfig().quantile_levels)
+    rng = np.random.default_rng(0)
+    grid = np.cumsum(rng.uniform(0.0, 0.3, size=(4, levels.size)), axis=1)
+    np.testing.assert_allclose(interpolate_quantiles(levels, grid, levels), grid, atol=1e-12)
+    fine = np.linspace(0.001, 0.999, 500)
+    vals = interpolate_quantiles(levels, grid, fine)
+    assert vals.shape == (4, 500) and np.all(np.diff(vals, axis=1) >= -1e-12) and (vals >= 0).all()
+    # linear in Phi^-1(level) inside a segment: check the midpoint in u of segment 3
+    u = 0.5 * (ndtri(levels[3]) + ndtri(levels[4]))
+    mid = interpolate_quantiles(levels, grid, [float(ndtr(u))])
+    np.testing.assert_allclose(mid[:, 0], 0.5 * (grid[:, 3] + grid[:, 4]), atol=1e-9)
+    t = torch.from_numpy(grid)
+    assert isinstance(interpolate_quantiles(levels, t, [0.3]), torch.Tensor)
+    with pytest.raises(ValueError):
+        interpolate_quantiles(levels, grid, [1.0])
+
+
+def test_calibration_reaches_nominal_coverage():
+    rng = np.random.default_rng(0)
+    levels = np.array(ModelConfig().quantile_levels)
+    n = 400
+    target = rng.gamma(2.0, 0.5, size=n)
+    # a badly calibrated, too narrow predictor
+    pred = np.clip(target[:, None] * 0.8 + 0.1 * ndtri(levels)[None, :] + rng.normal(0, 0.3, size=(n, 1)), 0, None)
+    offsets = fit_calibration(pred, target, levels)
+    cov = np.mean(target[:, None] <= pred + offsets, axis=0)
+    assert np.all(np.abs(cov - levels) <= 1.0 / n + 1e-12)
+    cal = apply_calibration(pred, offsets)
+    assert np.all(np.diff(cal, axis=1) >= 0) and (cal >= 0).all()
+    cov_cal = np.mean(target[:, None] <= cal, axis=0)
+    assert np.all(cov_cal >= levels - 1.0 / n - 1e-12)  # the running max only raises quantiles
+
+
+@pytest.mark.slow
+def test_tiny_overfit_reduces_pinball_loss():
+    _overfit(steps=300)
+
+
+def test_tiny_overfit_smoke():
+    _overfit(steps=40, factor=0.8)
+
+
+def _overfit(steps: int, factor: float = 0.5) -> None:
+    """Adam on 16 fixed Gaussian sets with known MI: the pinball loss must fall clearly."""
+    rng = np.random.default_rng(0)
+    sets, mi = [], []
+    for i in range(16):
+        rho = rng.uniform(0.0, 0.95)
+        d = 1 + i % 3
+        x = rng.normal(size=(80, d))
+        y = rho * x + np.sqrt(1 - rho**2) * rng.normal(size=(80, d))
+        sets.append((x, y))
+        mi.append(-0.5 * d * np.log(1 - rho**2))
+    torch.manual_seed(0)
+    model = MIEstimator(ModelConfig(**SMALL))
+    batch = prepare_batch(sets, model.config)
+    target = to_target(torch.tensor(mi, dtype=torch.float32))
+    levels = torch.tensor(model.config.quantile_levels)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(steps):
+        loss = pinball_loss(model(batch), target, levels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < factor * losses[0], (losses[0], losses[-5:])

@@ -1,0 +1,178 @@
+"""model/preprocess.py: copula transform, canonical correlations, subsets, kNN statistics, Batch.
+
+Each function is checked against an independent computation (scipy, brute force).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import subspace_angles
+from scipy.special import digamma, ndtri
+from scipy.stats import rankdata
+
+from model.network import ModelConfig
+from model.preprocess import (
+    R_MAX,
+    canonical_correlations,
+    canonical_subset,
+    knn_statistics,
+    normal_scores,
+    prepare_batch,
+    set_statistics,
+    standardize,
+)
+
+torch.set_num_threads(1)
+
+
+def test_normal_scores_match_scipy_with_ties_and_constant_columns():
+    rng = np.random.default_rng(0)
+    a = np.column_stack([rng.normal(size=50), rng.integers(0, 4, size=50), np.full(50, 3.0), rng.exponential(size=50)])
+    z = normal_scores(a)
+    for j in range(a.shape[1]):
+        expected = ndtri(rankdata(a[:, j]) / 51) if np.ptp(a[:, j]) > 0 else np.zeros(50)
+        np.testing.assert_allclose(z[:, j], expected, atol=1e-12)
+    assert np.all(z[:, 2] == 0)
+    np.testing.assert_allclose(normal_scores(a[:, 0]), z[:, :1])  # 1-D input is one column
+
+
+def test_standardize():
+    rng = np.random.default_rng(0)
+    a = np.column_stack([rng.normal(3, 2, size=40), np.ones(40)])
+    z = standardize(a)
+    np.testing.assert_allclose(z[:, 0], (a[:, 0] - a[:, 0].mean()) / a[:, 0].std())
+    assert np.all(z[:, 1] == 0)
+
+
+@pytest.mark.parametrize("n,dx,dy", [(200, 3, 2), (12, 4, 6), (30, 1, 1), (9, 3, 3)])
+def test_canonical_correlations_match_subspace_angles(n, dx, dy):
+    rng = np.random.default_rng(n + dx)
+    x = rng.normal(size=(n, dx))
+    y = 0.5 * x[:, :1] + rng.normal(size=(n, dy))
+    r = canonical_correlations(x, y)
+    expected = np.sort(np.cos(subspace_angles(x - x.mean(0), y - y.mean(0))))[::-1][: min(dx, dy)]
+    np.testing.assert_allclose(r, np.clip(expected, 0, R_MAX), atol=1e-7)
+    assert r.shape == (min(dx, dy),) and np.all(np.diff(r) <= 0) and np.all((r >= 0) & (r < 1))
+
+
+def test_canonical_correlations_recover_known_rho():
+    rng = np.random.default_rng(1)
+    n, rhos = 20000, np.array([0.9, 0.5, 0.0])
+    x = rng.normal(size=(n, 3))
+    y = rhos * x + np.sqrt(1 - rhos**2) * rng.normal(size=(n, 3))
+    # invertible linear maps do not change canonical correlations
+    r = canonical_correlations(x @ rng.normal(size=(3, 3)), y @ rng.normal(size=(3, 3)))
+    np.testing.assert_allclose(r, rhos, atol=0.03)
+
+
+def test_canonical_correlations_degenerate_inputs():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(20, 3))
+    x[:, 1] = 1.0  # constant
+    y = np.column_stack([x[:, 0], x[:, 0]])  # duplicated columns, exactly dependent on x
+    r = canonical_correlations(x, y)
+    assert r.shape == (2,) and np.isfinite(r).all()
+    assert r[0] == pytest.approx(R_MAX) and r[1] == pytest.approx(0.0, abs=1e-6)
+    assert np.all(canonical_correlations(np.ones((5, 2)), rng.normal(size=(5, 2))) == 0)
+    r = canonical_correlations(rng.normal(size=(6, 4)), rng.normal(size=(6, 4)))  # n - 1 < dx + dy
+    assert np.isfinite(r).all() and r.max() <= R_MAX
+
+
+def test_canonical_subset_is_invariant():
+    rng = np.random.default_rng(3)
+    n, dx = 300, 2
+    z = np.column_stack([rng.normal(size=(n, dx)), rng.normal(size=(n, 3))])
+    sel = canonical_subset(z, dx, 50)
+    assert sel.size == 50 and np.unique(sel).size == 50
+    perm = rng.permutation(n)
+    sel_p = canonical_subset(z[perm], dx, 50)
+    assert set(perm[sel_p]) == set(sel)
+    swapped = np.column_stack([z[:, dx:][:, ::-1], z[:, :dx]])
+    assert set(canonical_subset(swapped, 3, 50)) == set(sel)
+    assert canonical_subset(z, dx, 50, rng=np.random.default_rng(0)).size == 50
+    assert np.array_equal(canonical_subset(z[:40], dx, 50), np.arange(40))
+
+
+def test_canonical_subset_drops_ambiguous_ties():
+    """Rows (a, b) and (b, a) tie on every swap-invariant key; they must be taken together or not at all."""
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(100, 2))
+    z = np.concatenate([base, base[:, ::-1]])  # every row has a mirrored partner
+    for seed in range(5):
+        sel = set(canonical_subset(z, 1, 30, seed=seed))
+        assert all((i in sel) == ((i + 100) % 200 in sel) for i in range(200))
+        assert len(sel) >= 2
+
+
+def _ksg_brute(z, dx, k):
+    n = z.shape[0]
+    d = np.abs(z[:, None, :] - z[None, :, :])
+    dxm, dym = d[..., :dx].max(-1), d[..., dx:].max(-1)
+    np.fill_diagonal(dxm, np.inf)
+    np.fill_diagonal(dym, np.inf)
+    joint = np.maximum(dxm, dym)
+    eps = np.sort(joint, axis=1)[:, k - 1]
+    nx = (dxm < eps[:, None]).sum(1)
+    ny = (dym < eps[:, None]).sum(1)
+    return digamma(k) + digamma(n) - digamma(nx + 1) - digamma(ny + 1)
+
+
+def test_knn_statistics_match_brute_force_ksg():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(150, 2))
+    y = x[:, :1] + 0.5 * rng.normal(size=(150, 1))
+    z = np.column_stack([normal_scores(x), normal_scores(y)]).astype(np.float32).astype(np.float64)
+    feats, mean = knn_statistics(z, 2, np.arange(150), 3)
+    expected = _ksg_brute(z, 2, 3)
+    np.testing.assert_allclose(feats[:, 0], expected, atol=1e-4)
+    assert mean == pytest.approx(expected.mean(), abs=1e-5)
+
+
+def test_ksg_mean_is_close_to_the_true_gaussian_mi():
+    rng = np.random.default_rng(6)
+    rho, n = 0.8, 500
+    x = rng.normal(size=(n, 1))
+    y = rho * x + np.sqrt(1 - rho**2) * rng.normal(size=(n, 1))
+    z = np.column_stack([normal_scores(x), normal_scores(y)])
+    _, mean = knn_statistics(z, 1, np.arange(n), 3)
+    assert mean == pytest.approx(-0.5 * np.log(1 - rho**2), abs=0.08)
+
+
+def test_knn_queries_outside_the_reference_and_tiny_sets():
+    rng = np.random.default_rng(7)
+    z = rng.normal(size=(60, 3))
+    feats, _ = knn_statistics(z, 1, np.arange(0, 60, 3), 3)
+    assert feats.shape == (60, 4) and np.isfinite(feats).all()
+    feats, _ = knn_statistics(rng.normal(size=(2, 2)), 1, np.arange(2), 3)  # k > n - 1
+    assert np.isfinite(feats).all()
+    feats, _ = knn_statistics(np.zeros((10, 2)), 1, np.arange(10), 3)  # all identical rows
+    assert np.isfinite(feats).all()
+
+
+def test_set_statistics_are_swap_symmetric_and_gaussian_mi_is_exact():
+    r = np.array([0.9, 0.3])
+    s = set_statistics(r, 0.4, 100, 2, 5, cca_top=4)
+    assert np.allclose(s, set_statistics(r, 0.4, 100, 5, 2, cca_top=4))
+    assert s[0] == pytest.approx(np.log1p(-0.5 * np.sum(np.log(1 - r**2))))
+    assert len(s) == len(set_statistics(None, None, 100, 2, 5, cca_top=4))
+
+
+def test_prepare_batch_layout_and_masks():
+    cfg = ModelConfig(cell_rows=16, knn_rows=32)
+    rng = np.random.default_rng(8)
+    sets = [(rng.normal(size=(40, 2)), rng.normal(size=(40, 3))), (rng.normal(size=(10, 1)), rng.normal(size=10))]
+    b = prepare_batch(sets, cfg)
+    assert b.size == 2 and b.rows.shape == (2, 40, 5) and b.cells.shape == (2, 16, 5)
+    assert b.row_mask.sum(1).tolist() == [40, 10] and b.cell_mask.sum(1).tolist() == [16, 10]
+    assert b.col_mask.tolist() == [[True, True, True, True, True], [True, False, True, False, False]]
+    assert b.is_y.tolist() == [False, False, True, True, True]
+    np.testing.assert_allclose(b.rows[1, :10, 2].numpy(), normal_scores(sets[1][1])[:, 0], atol=1e-6)
+    assert torch.all(b.rows[1, 10:] == 0) and torch.all(b.rows[1, :, [1, 3, 4]] == 0)
+    assert torch.all(b.knn[1, 10:] == 0)
+    b64 = b.to("cpu", dtype=torch.float64)
+    assert b64.rows.dtype == torch.float64 and b64.row_mask.dtype == torch.bool
+    with pytest.raises(ValueError):
+        prepare_batch([(np.zeros((1, 1)), np.zeros((1, 1)))], cfg)
+    with pytest.raises(ValueError):
+        prepare_batch([], cfg)
