@@ -1,0 +1,199 @@
+"""infer.py: the user-facing API, its documented errors and rules, the CLI and the estimator object.
+
+A randomly initialised checkpoint is enough for the contract tests (shapes, errors,
+invariances, units); the accuracy of the shipped checkpoint is measured by eval/.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import infer
+from model.checkpoint import CheckpointError, save_checkpoint
+from model.network import MIEstimator, ModelConfig
+from model.validation import InputError, OutOfRangeWarning
+
+ROOT = Path(__file__).resolve().parents[1]
+LIMITS = {"n_min": 10, "n_max": 400, "dx_max": 8, "dy_max": 8, "mi_max": 35.0}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = MIEstimator(ModelConfig(dim=16, heads=2))
+    path = tmp_path_factory.mktemp("ckpt") / "random.safetensors"
+    save_checkpoint(path, model, limits=LIMITS, calibration=None, info={"note": "random init, tests only"})
+    return path
+
+
+def _pair(n=200, dx=2, dy=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dx))
+    y = x[:, :1] + 0.5 * rng.normal(size=(n, dy))
+    return x, y
+
+
+def test_quantiles_shape_order_and_units(ckpt):
+    x, y = _pair()
+    q = infer.predict_mi_quantiles(x, y, (0.1, 0.5, 0.9, 0.05), checkpoint=ckpt)
+    assert q.shape == (4,) and np.isfinite(q).all() and (q >= 0).all()
+    qs = infer.predict_mi_quantiles(x, y, (0.05, 0.1, 0.5, 0.9), checkpoint=ckpt)
+    assert np.all(np.diff(qs) >= 0)
+    bits = infer.predict_mi_quantiles(x, y, (0.05, 0.1, 0.5, 0.9), checkpoint=ckpt, unit="bits")
+    np.testing.assert_allclose(bits * np.log(2), qs, rtol=1e-10)
+
+
+def test_accepts_lists_tensors_and_1d(ckpt):
+    x, y = _pair(dx=1, dy=1)
+    ref = infer.predict_mi_quantiles(x, y, checkpoint=ckpt)
+    np.testing.assert_allclose(infer.predict_mi_quantiles(x[:, 0], y[:, 0], checkpoint=ckpt), ref, rtol=1e-6)
+    np.testing.assert_allclose(infer.predict_mi_quantiles(x.tolist(), y.tolist(), checkpoint=ckpt), ref, rtol=1e-6)
+    np.testing.assert_allclose(
+        infer.predict_mi_quantiles(torch.from_numpy(x), torch.from_numpy(y), checkpoint=ckpt), ref, rtol=1e-6
+    )
+
+
+def test_row_order_and_xy_swap_do_not_matter(ckpt):
+    x, y = _pair(n=300)
+    ref = infer.predict_mi_quantiles(x, y, checkpoint=ckpt)
+    perm = np.random.default_rng(1).permutation(len(x))
+    np.testing.assert_allclose(infer.predict_mi_quantiles(x[perm], y[perm], checkpoint=ckpt), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(infer.predict_mi_quantiles(y, x, checkpoint=ckpt), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_form_matches_single_calls(ckpt):
+    pairs = [_pair(n=n, dx=dx, dy=dy, seed=s) for s, (n, dx, dy) in enumerate([(50, 1, 1), (200, 3, 2), (120, 5, 5), (50, 2, 2)])]
+    batch = infer.predict_mi_quantiles_batch(pairs, checkpoint=ckpt)
+    single = np.stack([infer.predict_mi_quantiles(x, y, checkpoint=ckpt) for x, y in pairs])
+    assert batch.shape == (4, 3)
+    np.testing.assert_allclose(batch, single, rtol=1e-4, atol=1e-5)
+    assert infer.predict_mi_quantiles_batch([], checkpoint=ckpt).shape == (0, 3)
+
+
+def test_constant_and_duplicated_columns_do_not_crash(ckpt):
+    x, y = _pair(dx=3, dy=2)
+    x[:, 1] = 7.0
+    y = np.concatenate([y, y[:, :1]], axis=1)
+    q = infer.predict_mi_quantiles(x, y, checkpoint=ckpt)
+    assert np.isfinite(q).all()
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda x, y: (np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x), y), "NaN"),
+        (lambda x, y: (x, np.where(np.arange(y.size).reshape(y.shape) == 2, np.inf, y)), "inf"),
+        (lambda x, y: (x[:-1], y), "same number of samples"),
+        (lambda x, y: (x[:, :, None], y), "1-D .* or 2-D"),
+        (lambda x, y: (x.astype(str), y), "non-numeric"),
+        (lambda x, y: (x[:2], y[:2]), "at least 3"),
+        (lambda x, y: (x[:5], y[:5]), "below the trained minimum"),
+        (lambda x, y: (np.tile(x, (1, 5)), y), "exceed the trained maximum"),
+        (lambda x, y: (x[:, :0], y), "no columns"),
+    ],
+)
+def test_bad_input_errors(ckpt, make, match):
+    x, y = make(*_pair())
+    with pytest.raises(InputError, match=match):
+        infer.predict_mi_quantiles(x, y, checkpoint=ckpt)
+
+
+@pytest.mark.parametrize("levels", [(0.0, 0.5), (0.5, 1.0), (1.5,), (), ("a",), (np.nan,)])
+def test_bad_quantiles(ckpt, levels):
+    x, y = _pair()
+    with pytest.raises(InputError, match="quantile"):
+        infer.predict_mi_quantiles(x, y, levels, checkpoint=ckpt)
+
+
+def test_bad_unit_and_mode(ckpt):
+    x, y = _pair()
+    with pytest.raises(InputError, match="unit"):
+        infer.predict_mi_quantiles(x, y, checkpoint=ckpt, unit="bans")
+    with pytest.raises(InputError, match="on_out_of_range"):
+        infer.predict_mi_quantiles(x, y, checkpoint=ckpt, on_out_of_range="maybe")
+
+
+def test_out_of_range_rules(ckpt):
+    x, y = _pair(n=200, dx=10, dy=2)
+    with pytest.warns(OutOfRangeWarning, match="extrapolation"):
+        q = infer.predict_mi_quantiles(x, y, checkpoint=ckpt, on_out_of_range="warn")
+    assert np.isfinite(q).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        infer.predict_mi_quantiles(x, y, checkpoint=ckpt, on_out_of_range="ignore")
+    # more rows than trained: a canonical subsample, with a warning, independent of row order
+    x, y = _pair(n=1000)
+    with pytest.warns(OutOfRangeWarning, match="subsample"):
+        a = infer.predict_mi_quantiles(x, y, checkpoint=ckpt)
+    perm = np.random.default_rng(3).permutation(1000)
+    with pytest.warns(OutOfRangeWarning):
+        b = infer.predict_mi_quantiles(x[perm], y[perm], checkpoint=ckpt)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        infer.predict_mi_quantiles(x, y, checkpoint=ckpt, max_rows=None)
+
+
+def test_unreadable_checkpoint(tmp_path):
+    x, y = _pair()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_text("this is not a checkpoint")
+    with pytest.raises(CheckpointError):
+        infer.predict_mi_quantiles(x, y, checkpoint=bad)
+    with pytest.raises(CheckpointError, match="not found"):
+        infer.predict_mi_quantiles(x, y, checkpoint=tmp_path / "missing.safetensors")
+
+
+def test_estimator_object_bmi_interface(ckpt):
+    x, y = _pair()
+    est = infer.AmortizedMIEstimator(ckpt, quantiles=(0.05, 0.95))
+    res = est.estimate_with_info(x, y)
+    med = infer.predict_mi_quantiles(x, y, (0.5,), checkpoint=ckpt)[0]
+    assert res.mi_estimate == pytest.approx(med, rel=1e-6)
+    assert est.estimate(x, y) == pytest.approx(med, rel=1e-6)
+    assert res.time_in_seconds > 0
+    qs = res.additional_information["quantiles"]
+    assert set(qs) == {0.05, 0.95} and qs[0.05] <= res.mi_estimate <= qs[0.95]
+    assert infer.predict_mi(x, y, checkpoint=ckpt) == pytest.approx(med, rel=1e-6)
+
+
+def test_cli(ckpt, tmp_path):
+    x, y = _pair()
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x=x, y=y)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "infer.py"), str(npz), "--checkpoint", str(ckpt), "--json"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    ref = infer.predict_mi_quantiles(x, y, checkpoint=ckpt)
+    np.testing.assert_allclose([out["quantiles"][k] for k in ("0.05", "0.5", "0.95")], ref, rtol=1e-5)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y[:-3])
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "infer.py"), "--x", str(tmp_path / "x.npy"), "--y", str(tmp_path / "y.npy"),
+         "--checkpoint", str(ckpt)],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert r.returncode == 2 and "same number of samples" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_default_checkpoint_if_shipped():
+    if not infer.DEFAULT_CHECKPOINT.exists():
+        pytest.skip("no default checkpoint shipped yet")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 1))
+    rho = 0.9
+    y = rho * x + np.sqrt(1 - rho**2) * rng.normal(size=(500, 1))
+    lo, med, hi = infer.predict_mi_quantiles(x, y)
+    true = -0.5 * np.log(1 - rho**2)
+    assert lo <= med <= hi
+    assert abs(med - true) < 0.25, (lo, med, hi, true)
