@@ -12,7 +12,7 @@ bash scripts/setup_env.sh
 PY=.venv/bin/python
 DEMO_DIR=${DEMO_DIR:-$HOME/.cache/amortized-mi/demo}
 mkdir -p "$DEMO_DIR"
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 
 echo "== 1. generate a tiny meta-dataset (resumes if already there)"
 $PY -m metagen generate --config configs/metagen/tiny.toml --out "$DEMO_DIR/train" --seed 1 --workers 2 --no-progress
