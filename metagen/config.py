@@ -75,11 +75,12 @@ class NSpec:
     tail_max: int | None = None     # upper end of the optional tail [max, tail_max]
     tail_fraction: float = 0.0      # probability of drawing n from the tail
     near_min_fraction: float = 0.0  # probability of n in [dx+dy+2, 2*(dx+dy)+2]
+    values: tuple[int, ...] = ()    # if set: n uniform over these values (those >= dx+dy+2), for test stores
 
     @property
     def upper(self) -> int:
         """The largest n this spec can produce."""
-        return max(self.max, self.tail_max or self.max)
+        return max(self.max, self.tail_max or self.max, *self.values)
 
 
 @dataclass(frozen=True)
@@ -223,11 +224,15 @@ def config_from_dict(raw: dict[str, Any]) -> GeneratorConfig:
     t = raw.get("n", {})
     if not isinstance(t, dict):
         raise ConfigError("n: must be a table")
-    _check_keys(t, {"min", "max", "tail_max", "tail_fraction", "near_min_fraction"}, "n.")
+    _check_keys(t, {"min", "max", "tail_max", "tail_fraction", "near_min_fraction", "values"}, "n.")
+    values = t.get("values", [])
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 3 for v in values):
+        raise ConfigError(f"n.values: must be a list of integers >= 3, got {values!r}")
     nspec = NSpec(min=_get(t, "min", "n.", int, 10), max=_get(t, "max", "n.", int, 500),
                   tail_max=_get(t, "tail_max", "n.", int, None),
                   tail_fraction=_fraction(_get(t, "tail_fraction", "n.", float, 0.0), "n.tail_fraction"),
-                  near_min_fraction=_fraction(_get(t, "near_min_fraction", "n.", float, 0.0), "n.near_min_fraction"))
+                  near_min_fraction=_fraction(_get(t, "near_min_fraction", "n.", float, 0.0), "n.near_min_fraction"),
+                  values=tuple(sorted(set(values))))
     if nspec.min < 3:
         raise ConfigError(f"n.min: must be >= 3, got {nspec.min}")
     if nspec.max < nspec.min:
@@ -294,6 +299,8 @@ def config_to_dict(cfg: GeneratorConfig) -> dict[str, Any]:
          "near_min_fraction": cfg.n.near_min_fraction}
     if cfg.n.tail_max is not None:
         n["tail_max"] = cfg.n.tail_max
+    if cfg.n.values:
+        n["values"] = list(cfg.n.values)
     return {
         "name": cfg.name, "seed": cfg.seed, "num_sets": cfg.num_sets, "sets_per_shard": cfg.sets_per_shard,
         "n": n,

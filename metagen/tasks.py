@@ -122,6 +122,10 @@ def _draw_target(config: GeneratorConfig, cap: float, rng: np.random.Generator) 
 def _draw_n(config: GeneratorConfig, dx: int, dy: int, rng: np.random.Generator) -> int:
     s = config.n
     lo = max(s.min, dx + dy + 2)
+    if s.values:
+        # fixed sizes (test stores reported per n): the values the dims allow, else the largest
+        ok = [v for v in s.values if v >= dx + dy + 2] or [max(s.values[-1], dx + dy + 2)]
+        return int(ok[int(rng.integers(len(ok)))])
     u = rng.uniform()
     if u < s.near_min_fraction:
         return int(rng.integers(lo, max(lo, 2 * (dx + dy) + 2) + 1))

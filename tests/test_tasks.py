@@ -221,3 +221,21 @@ def test_task_mi_matches_sample_for_gaussian_identity():
         c = np.cov(np.c_[x, y].astype(np.float64).T)
         est = 0.5 * (np.linalg.slogdet(c[:3, :3])[1] + np.linalg.slogdet(c[3:, 3:])[1] - np.linalg.slogdet(c)[1])
         assert abs(est - t.mi) < 0.03 + 0.01 * t.mi, (est, t.mi)
+
+
+def test_fixed_n_values_are_honoured(tmp_path):
+    from metagen.config import load_config
+    from metagen.tasks import draw_task
+
+    text = (CONFIGS / "tiny.toml").read_text()
+    assert "[n]\nmin = 10\nmax = 300\n" in text
+    text = text.replace("[n]\nmin = 10\nmax = 300\n", "[n]\nmin = 10\nmax = 300\nvalues = [20, 100]\n")
+    p = tmp_path / "fixed.toml"
+    p.write_text(text)
+    cfg = load_config(p)
+    ns = {draw_task(cfg, 0, i).n for i in range(60)}
+    assert ns <= {20, 100} and 100 in ns
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace("values = [20, 100]", "values = [2, 100]"))
+    with pytest.raises(ConfigError, match="n.values"):
+        load_config(bad)
