@@ -15,7 +15,7 @@ import numpy as np
 from .baselines import BootstrapEstimator, Estimator, GaussianCopulaEstimator, InfoNCEEstimator, KSGEstimator
 from .baselines.interface import check_levels
 
-ESTIMATOR_NAMES: tuple[str, ...] = ("model", "ksg", "ksg_boot", "gaussian", "gaussian_boot", "infonce")
+ESTIMATOR_NAMES: tuple[str, ...] = ("model", "ksg", "ksg_boot", "gaussian", "gaussian_boot", "infonce", "train_mean")
 
 
 class ModelUnavailable(RuntimeError):
@@ -75,8 +75,33 @@ class ModelEstimator:
         return float(self.estimate_quantiles(x, y, (0.5,))[0])
 
 
+@dataclass
+class ConstantEstimator:
+    """Predicts the same MI (nats) for every set, e.g. the mean MI of the training store:
+    the floor any learned estimator must clearly beat."""
+
+    value: float
+    name: str = "train_mean"
+    has_interval: bool = False
+
+    def estimate_quantiles(self, x: np.ndarray, y: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+        return np.full(check_levels(levels).shape, float(self.value))
+
+    def estimate(self, x: np.ndarray, y: np.ndarray) -> float:
+        return float(self.value)
+
+
+def train_mean_estimator(train_store: str | None) -> ConstantEstimator:
+    """ConstantEstimator at the mean MI of a (training) store; ValueError without one."""
+    if not train_store:
+        raise ValueError("estimator train_mean needs --train-store (the store whose mean MI it predicts)")
+    from metagen.store import open_store  # noqa: PLC0415
+
+    return ConstantEstimator(float(np.mean(open_store(train_store).mi)))
+
+
 def make_estimator(name: str, *, seed: int = 0, checkpoint: str | None = None, device: str | None = None,
-                   n_boot: int = 50, on_out_of_range: str | None = None) -> Estimator:
+                   n_boot: int = 50, on_out_of_range: str | None = None, train_store: str | None = None) -> Estimator:
     """Build the estimator called `name` (one of ESTIMATOR_NAMES); raises ValueError otherwise.
 
     seed goes to the baselines (jitter, bootstrap, InfoNCE); checkpoint, device and
@@ -94,6 +119,8 @@ def make_estimator(name: str, *, seed: int = 0, checkpoint: str | None = None, d
         return BootstrapEstimator(GaussianCopulaEstimator(seed=seed), n_boot=n_boot, seed=seed)
     if name == "infonce":
         return InfoNCEEstimator(seed=seed)
+    if name == "train_mean":
+        return train_mean_estimator(train_store)
     raise ValueError(f"unknown estimator {name!r}; choose from {', '.join(ESTIMATOR_NAMES)}")
 
 

@@ -294,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model-out-of-range", default="ignore", choices=("error", "warn", "ignore"),
                    help="infer's rule for sets outside the trained range (default ignore: the model answers "
                         "every set, so extrapolation is scored, not dropped as a failure)")
+    p.add_argument("--train-store", default=None, help="store whose mean MI the train_mean estimator predicts")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -305,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         source = StoreSource(args.store)
         estimators = [make_estimator(n, seed=args.seed, checkpoint=args.checkpoint, device=args.device, n_boot=args.n_boot,
-                                     on_out_of_range=args.model_out_of_range) for n in names]
+                                     on_out_of_range=args.model_out_of_range, train_store=args.train_store)
+                      for n in names]
         for est in estimators:
             if hasattr(est, "check_available"):
                 est.check_available()  # fail before hours of baselines, not after

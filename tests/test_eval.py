@@ -5,6 +5,7 @@ errors and the speed benchmark."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import math
 import sys
 import types
@@ -279,3 +280,19 @@ def test_bench_speed_runs_with_and_without_model(fake_infer, monkeypatch):
     times = run_benchmark(n=200, dim=2, repeats=1, batch=2, threads=1, infonce=False)
     assert "no checkpoint" in times["model_error"] and "ksg (k-d tree, k=3)" in times
     assert "model not available" in format_report(times, 200, 2, 1)
+
+
+def test_train_mean_estimator_predicts_the_store_mean(tmp_path):
+    from metagen.config import load_config
+    from metagen.generate import generate
+    from metagen.store import open_store
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "metagen" / "tiny.toml")
+    generate(cfg, tmp_path / "s", num_sets=12, seed=3, progress=False)
+    est = make_estimator("train_mean", train_store=str(tmp_path / "s"))
+    truth = float(np.mean(open_store(tmp_path / "s").mi))
+    x = np.zeros((5, 1))
+    assert est.estimate(x, x) == pytest.approx(truth)
+    assert np.all(est.estimate_quantiles(x, x, (0.1, 0.9)) == pytest.approx(truth))
+    with pytest.raises(ValueError, match="--train-store"):
+        make_estimator("train_mean")

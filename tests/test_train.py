@@ -324,3 +324,14 @@ def test_two_cpu_processes_with_accelerate_launch(stores, tmp_path):
     check_ok(proc)
     evals = [r["step"] for r in read_metrics(out) if r["kind"] == "eval"]
     assert evals == [8, 12]                                      # resumed at 8, not from scratch
+
+
+def test_draw_rows_full_fraction_keeps_all_rows():
+    from training.data import draw_rows
+
+    rng = np.random.default_rng(1)
+    draws = np.array([draw_rows(rng, 300, 10, 1000, full_fraction=0.5) for _ in range(4000)])
+    assert draws.min() >= 10 and draws.max() <= 300
+    # half the batches keep every row; the rest are log-uniform below 300 (rarely exactly 300)
+    assert abs(np.mean(draws == 300) - 0.5) < 0.04
+    assert np.all(np.array([draw_rows(rng, 2000, 10, 500, full_fraction=1.0) for _ in range(50)]) == 500)

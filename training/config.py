@@ -37,6 +37,7 @@ class TrainConfig:
     max_val_sets: int = 512                # first sets of each validation store (0: all)
     n_train_min: int = 16                  # smallest subsampled rows per training set
     n_train_max: int = 500                 # largest subsampled rows per training set
+    n_train_full_fraction: float = 0.0     # probability that a batch keeps all rows (up to n_train_max)
     bucket_sets: int = 0                   # sets per dx+dy bucket of a store (0: 16 * batch_size)
     num_workers: int = 1                   # DataLoader worker processes (0: load in the loop)
     # --- optimisation -------------------------------------------------------------
@@ -86,6 +87,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.n_train_min > self.n_train_max:
             raise ConfigError(f"n_train_min ({self.n_train_min}) > n_train_max ({self.n_train_max})")
+        if not 0.0 <= self.n_train_full_fraction <= 1.0:
+            raise ConfigError(f"n_train_full_fraction must be in [0, 1], got {self.n_train_full_fraction}")
         if not 0.0 < self.lr or not 0.0 <= self.min_lr <= self.lr:
             raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):

@@ -58,14 +58,20 @@ class TrainBatch:
     fingerprint: str = ""
 
 
-def draw_rows(rng: np.random.Generator, n_min_in_batch: int, n_train_min: int, n_train_max: int) -> int:
-    """Shared subsample size n', log-uniform in [n_train_min, min(n_train_max, n_min_in_batch)].
+def draw_rows(rng: np.random.Generator, n_min_in_batch: int, n_train_min: int, n_train_max: int,
+              full_fraction: float = 0.0) -> int:
+    """Shared subsample size n', log-uniform in [n_train_min, hi], hi = min(n_train_max, n_min_in_batch).
 
-    If the smallest set has fewer than n_train_min rows, all sets are cut to its size.
+    With probability ``full_fraction`` n' = hi (the sets keep all their rows up to
+    n_train_max), so training sees the store's own n distribution as well as smaller
+    subsamples. If the smallest set has fewer than n_train_min rows, all sets are cut
+    to its size.
     """
     hi = min(n_train_max, n_min_in_batch)
     lo = min(n_train_min, hi)
     if lo >= hi:
+        return int(hi)
+    if full_fraction > 0 and rng.uniform() < full_fraction:
         return int(hi)
     value = math.exp(rng.uniform(math.log(lo), math.log(hi + 1)))
     return int(min(hi, max(lo, math.floor(value))))
@@ -97,6 +103,7 @@ class _BatchesBase(Dataset):
         self.batch_size = int(cfg.batch_size)
         self.n_train_min = int(cfg.n_train_min)
         self.n_train_max = int(cfg.n_train_max)
+        self.full_fraction = float(getattr(cfg, "n_train_full_fraction", 0.0))
         self.with_fingerprint = bool(cfg.log_batch_hash)
         self.model_cfg = model_cfg
         self.process_index = int(process_index)
@@ -183,7 +190,7 @@ class StoreBatches(_BatchesBase):
             self._store = open_store(self.store_path)
         idx = self.indices(m)
         rng = self._rng(_TAG_BATCH, m)
-        n = draw_rows(rng, int(self.n[idx].min()), self.n_train_min, self.n_train_max)
+        n = draw_rows(rng, int(self.n[idx].min()), self.n_train_min, self.n_train_max, self.full_fraction)
         sets = [subsample_rows(*self._store.get(int(i)), n, rng) for i in idx]
         return self._finish(m, sets, self.mi[idx], n)
 
@@ -227,7 +234,8 @@ class StreamBatches(_BatchesBase):
 
     def __getitem__(self, m: int) -> TrainBatch:
         tasks = self.tasks(m)
-        n = draw_rows(self._rng(_TAG_BATCH, m), min(t.n for t in tasks), self.n_train_min, self.n_train_max)
+        n = draw_rows(self._rng(_TAG_BATCH, m), min(t.n for t in tasks), self.n_train_min, self.n_train_max,
+                      self.full_fraction)
         # sampling n rows directly is the same as subsampling a larger i.i.d. sample, and cheaper
         sets = [dataclasses.replace(t, n=n).sample() if t.n > n else t.sample() for t in tasks]
         return self._finish(m, sets, np.array([t.mi for t in tasks]), n)
