@@ -181,7 +181,9 @@ def _forward_grid(loaded: _Loaded, sets: list[tuple[np.ndarray, np.ndarray]]) ->
     def flush() -> None:
         if not chunk:
             return
-        batch = prepare_batch([sets[i] for i in chunk], loaded.model.config, rng=None).to(loaded.device)
+        batch = prepare_batch([sets[i] for i in chunk], loaded.model.config, rng=None)
+        if loaded.device.type != "cpu":  # prepare_batch builds CPU tensors already
+            batch = batch.to(loaded.device)
         with torch.inference_mode():
             pred = loaded.model(batch).float().cpu().numpy()
         out[chunk] = pred

@@ -7,7 +7,8 @@ SAB(X) = MAB(X, X); ISAB(X) = MAB(X, MAB(I, X)) with m learned inducing points I
 Masks: `key_valid` is a bool tensor (..., Lk), True for real keys; it is broadcast
 over heads and queries. A query whose keys are all padded would make softmax NaN;
 `attention_mask` guards it by letting such a query attend to everything (its output
-is garbage but finite, and callers mask it out). `attn_mask` may instead be a full
+is garbage but finite, and callers mask it out). An all-True mask is dropped (the same
+attention, computed without a mask). `attn_mask` may instead be a full
 float mask (..., heads, Lq, Lk) (additive, -inf for excluded keys) when a bias is needed.
 All tensors are (..., L, dim) with any number of leading batch dimensions.
 """
@@ -49,19 +50,44 @@ class MAB(nn.Module):
 
         Leading dimensions are flattened into one batch dimension before attention:
         scaled_dot_product_attention is about twice as fast on 4-D inputs on CPU.
+        Self-attention projects q, k and v with one matmul (the concatenated weights), and
+        long query sequences over a few keys (ISAB's way back from the inducing points)
+        use `_attend_few_keys`; both give the same values up to float rounding.
         """
         if (k is None) != (self.ln_k is None):
             raise ValueError("pass k=None exactly when the block was built with self_attention=True")
         lead = q.shape[:-2]
         qn = self.ln_q(q)
-        kn = qn if k is None else self.ln_k(k)
-        key, value = self.to_kv(kn.flatten(0, -3)).chunk(2, dim=-1)
-        query = self.to_q(qn.flatten(0, -3))
+        if k is None:
+            dim = q.shape[-1]
+            weight = torch.cat([self.to_q.weight, self.to_kv.weight])
+            bias = torch.cat([self.to_q.bias, self.to_kv.bias])
+            query, key, value = F.linear(qn.flatten(0, -3), weight, bias).split(dim, dim=-1)
+        else:
+            key, value = self.to_kv(self.ln_k(k).flatten(0, -3)).chunk(2, dim=-1)
+            query = self.to_q(qn.flatten(0, -3))
         if attn_mask is not None:
             attn_mask = attn_mask.expand(*lead, *attn_mask.shape[-3:]).flatten(0, -4)
-        att = F.scaled_dot_product_attention(self._heads(query), self._heads(key), self._heads(value), attn_mask=attn_mask)
+        lq, lk = query.shape[-2], key.shape[-2]
+        if attn_mask is None and lq >= 256 and lq >= 16 * lk:
+            att = _attend_few_keys(self._heads(query), self._heads(key), self._heads(value))
+        else:
+            att = F.scaled_dot_product_attention(
+                self._heads(query), self._heads(key), self._heads(value), attn_mask=attn_mask
+            )
         h = q + self.out(att.transpose(1, 2).flatten(-2).unflatten(0, lead))
         return h + self.ffn(self.ln_f(h))
+
+
+def _attend_few_keys(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q k^T / sqrt(e)) v for many queries and few keys, (F, H, Lq, e) -> (F, H, Lq, e).
+
+    The scores are built transposed, (Lk, Lq), so the softmax reduces over the short outer
+    axis in wide vector strides: 2-3x faster than scaled_dot_product_attention on CPU
+    when Lq >> Lk (e.g. 1000 rows attending to 8 inducing points).
+    """
+    s = torch.matmul(k, q.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
+    return torch.matmul(s.softmax(dim=-2).transpose(-1, -2), v)
 
 
 class SAB(nn.Module):
@@ -88,7 +114,7 @@ class ISAB(nn.Module):
     def forward(self, x: Tensor, key_valid: Tensor | None = None) -> Tensor:
         """x (..., L, dim), key_valid (..., L) bool -> (..., L, dim)."""
         ind = self.inducing.expand(*x.shape[:-2], *self.inducing.shape)
-        mask = None if key_valid is None else attention_mask(key_valid)
+        mask = None if key_valid is None or bool(key_valid.all()) else attention_mask(key_valid)
         h = self.mab_in(ind, x, mask)
         return self.mab_out(x, h)
 
@@ -104,5 +130,5 @@ class PMA(nn.Module):
     def forward(self, x: Tensor, key_valid: Tensor | None = None) -> Tensor:
         """x (..., L, dim), key_valid (..., L) bool -> (..., seeds, dim)."""
         seeds = self.seeds.expand(*x.shape[:-2], *self.seeds.shape)
-        mask = None if key_valid is None else attention_mask(key_valid)
+        mask = None if key_valid is None or bool(key_valid.all()) else attention_mask(key_valid)
         return self.mab(seeds, x, mask)

@@ -21,6 +21,8 @@ so swapping x and y gives the same output. MI is in nats throughout.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -85,6 +87,36 @@ def stats_dim(config: "ModelConfig") -> int:
     return 1 + config.cca_top + 2 + 5
 
 
+@functools.lru_cache(maxsize=16)
+def _score_table(n: int) -> np.ndarray:
+    """ndtri(r / (n + 1)) for the ranks r = 1..n (read-only; the same values as computing it per cell)."""
+    t = ndtri(np.arange(1, n + 1, dtype=np.float64) / (n + 1))
+    t.setflags(write=False)
+    return t
+
+
+def _normal_scores_t(at: np.ndarray) -> np.ndarray:
+    """`normal_scores` on the transposed layout: at (d, n) float64 -> (d, n) scores.
+
+    A column without ties has a unique sorting permutation (any sort algorithm finds it),
+    and its scores are a permutation of the fixed table ndtri((1..n) / (n + 1)); columns
+    with ties get scipy's average ranks, exactly as before.
+    """
+    d, n = at.shape
+    z = np.empty((d, n))
+    if n == 0 or d == 0:
+        return z
+    order = np.argsort(at, axis=1)
+    cols = np.arange(d)[:, None]
+    srt = at[cols, order]
+    tied = np.any(srt[:, 1:] == srt[:, :-1], axis=1)
+    z[cols, order] = _score_table(n)
+    if tied.any():
+        z[tied] = ndtri(rankdata(at[tied], axis=1) / (n + 1))
+        z[srt[:, 0] == srt[:, -1]] = 0.0  # constant columns (finite input: ptp == 0)
+    return z
+
+
 def normal_scores(a: np.ndarray) -> np.ndarray:
     """Copula transform: (n, d) -> (n, d) normal scores Phi^-1(rank / (n + 1)).
 
@@ -93,14 +125,20 @@ def normal_scores(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     if a.ndim == 1:
         a = a[:, None]
-    n = a.shape[0]
-    if n == 0:
+    if a.shape[0] == 0:
         return np.zeros_like(a)
+    if not np.isfinite(a).all():  # rare: keep the general (ptp-based) handling of inf/nan
+        return _normal_scores_general(a)
+    return np.ascontiguousarray(_normal_scores_t(np.ascontiguousarray(a.T)).T)
+
+
+def _normal_scores_general(a: np.ndarray) -> np.ndarray:
+    n = a.shape[0]
     order = np.argsort(a, axis=0, kind="stable")
     ranks = np.empty_like(a)
     np.put_along_axis(ranks, order, np.arange(1, n + 1, dtype=np.float64)[:, None], axis=0)
     tied = np.any(np.diff(np.take_along_axis(a, order, axis=0), axis=0) == 0, axis=0)
-    if tied.any():  # average ranks for tied values (scipy is slower; only where needed)
+    if tied.any():
         ranks[:, tied] = rankdata(a[:, tied], axis=0)
     z = ndtri(ranks / (n + 1))
     z[:, np.ptp(a, axis=0) == 0] = 0.0
@@ -178,33 +216,111 @@ def canonical_subset(
         return np.arange(n)
     if rng is not None:
         return np.sort(rng.choice(n, size, replace=False))
-    keys = np.stack(
-        [z.sum(axis=1), (z * z).sum(axis=1), z[:, :dx].sum(axis=1) * z[:, dx:].sum(axis=1)], axis=1
-    )
-    keys = np.round(keys, 8)
-    order = np.lexsort(keys.T[::-1])
+    return _CanonicalOrder(z, dx).subset(size, seed)
+
+
+@functools.lru_cache(maxsize=32)
+def _fixed_positions(seed: int, n: int, size: int) -> np.ndarray:
+    """Sorted fixed-seed positions (read-only): np.sort(default_rng(seed).choice(n, size, replace=False))."""
     pos = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
-    sorted_keys = keys[order]
-    new_group = np.r_[True, np.any(sorted_keys[1:] != sorted_keys[:-1], axis=1)]
-    gid = np.cumsum(new_group) - 1
-    total = np.bincount(gid)
-    chosen = np.bincount(gid[pos], minlength=total.size)
-    partial = np.flatnonzero((chosen > 0) & (chosen < total))
-    keep = np.ones(pos.size, dtype=bool)
-    for g in partial:
-        members = z[order[gid == g]]
-        if not np.all(members == members[0]):
-            keep &= gid[pos] != g
-    if keep.sum() < 2:  # degenerate data (almost all rows tie): give up exactness
-        keep[:] = True
-    return order[pos[keep]]
+    pos.setflags(write=False)
+    return pos
 
 
-def _max_norm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Max-norm distances (p, q) between rows of a (p, d) and b (q, d); exact, order-independent."""
-    if a.shape[1] == 1:
-        return (a - b.T).abs_()
-    return torch.cdist(a, b, p=float("inf"))  # fused kernel, ~2x faster than a column loop
+class _CanonicalOrder:
+    """The canonical row order of `canonical_subset`, computed once and shared by several subsets."""
+
+    def __init__(self, z: np.ndarray, dx: int):
+        self.z = z
+        keys = np.stack(
+            [z.sum(axis=1), (z * z).sum(axis=1), z[:, :dx].sum(axis=1) * z[:, dx:].sum(axis=1)], axis=1
+        )
+        keys = np.round(keys, 8)
+        self.order = order = np.lexsort(keys.T[::-1])
+        sorted_keys = keys[order]
+        new_group = np.r_[True, np.any(sorted_keys[1:] != sorted_keys[:-1], axis=1)]
+        self.gid = np.cumsum(new_group) - 1
+        self.all_distinct = bool(new_group.all())
+        self.total = None if self.all_distinct else np.bincount(self.gid)
+
+    def subset(self, size: int, seed: int) -> np.ndarray:
+        n = self.z.shape[0]
+        if n <= size:
+            return np.arange(n)
+        pos = _fixed_positions(seed, n, size)
+        if self.all_distinct:  # every tie group is a single row: nothing is partly selected
+            return self.order[pos]
+        gid, total, order, z = self.gid, self.total, self.order, self.z
+        chosen = np.bincount(gid[pos], minlength=total.size)
+        partial = np.flatnonzero((chosen > 0) & (chosen < total))
+        keep = np.ones(pos.size, dtype=bool)
+        for g in partial:
+            members = z[order[gid == g]]
+            if not np.all(members == members[0]):
+                keep &= gid[pos] != g
+        if keep.sum() < 2:  # degenerate data (almost all rows tie): give up exactness
+            keep[:] = True
+        return order[pos[keep]]
+
+
+_BLOCK = 1 << 18
+"""Elements of one kNN work buffer (1 MiB of float32): queries are processed in chunks of
+_BLOCK // m rows, and column groups of the max-norm in (g, chunk, m) blocks of at most this size."""
+
+_DIFF_BLOCKS = 1
+"""The max-norm's (g, chunk, m) difference block may span this many work buffers."""
+
+_WORKSPACE = threading.local()
+
+
+def _knn_workspace() -> tuple[torch.Tensor, np.ndarray]:
+    """Per-thread reusable buffers: (4 + _DIFF_BLOCKS, _BLOCK) float32 and (_BLOCK,) bool (about 5 MiB).
+
+    The kNN step needs a few 1 MiB temporaries per call; fresh ones are new pages every
+    time (the allocator hands big blocks back to the OS), and the page faults cost more
+    than the arithmetic. Reusing one workspace per thread keeps them warm.
+    """
+    ws = getattr(_WORKSPACE, "buffers", None)
+    if ws is None:
+        ws = (torch.empty((4 + _DIFF_BLOCKS, _BLOCK), dtype=torch.float32), np.empty(_BLOCK, dtype=bool))
+        _WORKSPACE.buffers = ws
+    return ws
+
+
+def _max_norm_t(at: torch.Tensor, bt: torch.Tensor, out: torch.Tensor, tmp: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
+    """Max-norm distances into out (p, q) from transposed inputs at (d, p), bt (d, q), float32.
+
+    |a - b| and max are exact in floating point, so the result does not depend on how it
+    is computed (it equals torch.cdist(a, b, p=inf) bit for bit, which is several times
+    slower on CPU). tmp (p, q) and diff (flat, >= p * q elements) are scratch buffers; columns
+    are processed in groups whose (g, p, q) difference block fits in diff.
+    """
+    d, p = at.shape
+    q = bt.shape[1]
+    step = max(1, diff.numel() // max(1, p * q))
+    if step == 1:
+        torch.sub(at[0, :, None], bt[0], out=out).abs_()
+        for j in range(1, d):
+            torch.sub(at[j, :, None], bt[j], out=tmp).abs_()
+            torch.maximum(out, tmp, out=out)
+        return out
+    for j in range(0, d, step):
+        g = min(step, d - j)
+        block = diff[: g * p * q].view(g, p, q)
+        torch.sub(at[j : j + g, :, None], bt[j : j + g, None, :], out=block).abs_()
+        if j == 0:
+            torch.amax(block, dim=0, out=out)
+        else:
+            torch.amax(block, dim=0, out=tmp)
+            torch.maximum(out, tmp, out=out)
+    return out
+
+
+def _count_rows(b: np.ndarray) -> np.ndarray:
+    """Number of True per row of a C-contiguous bool (c, m) array (popcount of 8 bytes at a time)."""
+    if b.shape[1] % 8 == 0 and hasattr(np, "bitwise_count"):
+        return np.bitwise_count(b.view(np.uint64)).sum(axis=1)
+    return np.count_nonzero(b, axis=1)
 
 
 def knn_statistics(z: np.ndarray, dx: int, ref: np.ndarray, k: int) -> tuple[np.ndarray, float]:
@@ -219,38 +335,59 @@ def knn_statistics(z: np.ndarray, dx: int, ref: np.ndarray, k: int) -> tuple[np.
 
     Returns (features (n, 4) = [ksg_i, (u+v)/4, |u-v|/4, log(eps_i)/4], mean ksg_i).
     All features are symmetric under an x/y swap.
+
+    Distances are float32 max-norms (exact, so eps and the counts do not depend on how
+    they are computed); a query's own reference entry is set to +inf.
     """
     n = z.shape[0]
     ref = np.asarray(ref, dtype=np.int64)
     m = ref.size
     k_eff = max(1, min(k, m - 1))
-    zt = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))
-    zx, zy = zt[:, :dx].contiguous(), zt[:, dx:].contiguous()
-    rx, ry = zx[ref], zy[ref]
+    zt = torch.from_numpy(np.ascontiguousarray(np.asarray(z).T, dtype=np.float32))  # (D, n)
+    rt = zt[:, torch.from_numpy(ref)]  # (D, m)
     ref_pos = np.full(n, -1, dtype=np.int64)
     ref_pos[ref] = np.arange(m)
-    feats = np.empty((n, KNN_FEATURES))
-    chunk = max(1, (1 << 20) // max(m, 1))
+    eps = np.empty(n, dtype=np.float32)
+    nx = np.empty(n, dtype=np.int64)
+    ny = np.empty(n, dtype=np.int64)
+    if m > _BLOCK:  # more reference rows than one buffer holds (not reached with sane configs)
+        bufs, less_buf = torch.empty((4 + _DIFF_BLOCKS, m)), np.empty(m, dtype=bool)
+        chunk = 1
+    else:
+        bufs, less_buf = _knn_workspace()
+        chunk = _BLOCK // m
+    inf = float("inf")
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        dxm = _max_norm(zx[start:stop], rx).numpy()  # (c, m) float32
-        dym = _max_norm(zy[start:stop], ry).numpy()
+        c = stop - start
+        dxm, dym, joint, tmp = (bufs[i, : c * m].view(c, m) for i in range(4))
+        diff = bufs[4:].view(-1)
+        _max_norm_t(zt[:dx, start:stop], rt[:dx], dxm, tmp, diff)
+        _max_norm_t(zt[dx:, start:stop], rt[dx:], dym, tmp, diff)
         qi = np.flatnonzero(ref_pos[start:stop] >= 0)
-        self_hit = np.zeros(stop - start, dtype=bool)
-        self_hit[qi] = True
-        dxm[qi, ref_pos[start + qi]] = np.inf  # a query never counts itself
-        dym[qi, ref_pos[start + qi]] = np.inf
-        joint = np.maximum(dxm, dym)
-        eps = np.partition(joint, k_eff - 1, axis=1)[:, k_eff - 1]  # k-th neighbour distance
-        nx = np.count_nonzero(dxm < eps[:, None], axis=1)
-        ny = np.count_nonzero(dym < eps[:, None], axis=1)
-        psi_n = digamma(m - self_hit + 1.0)
-        u = psi_n - digamma(nx + 1.0)
-        v = psi_n - digamma(ny + 1.0)
-        feats[start:stop, 0] = digamma(k_eff) + u + v - psi_n
-        feats[start:stop, 1] = (u + v) / 4
-        feats[start:stop, 2] = np.abs(u - v) / 4
-        feats[start:stop, 3] = np.log(np.maximum(eps, 1e-6)) / 4
+        if qi.size:  # a query never counts itself
+            flat = torch.from_numpy(qi * m + ref_pos[start + qi])
+            dxm.view(-1).index_fill_(0, flat, inf)
+            dym.view(-1).index_fill_(0, flat, inf)
+        torch.maximum(dxm, dym, out=joint)
+        jn = joint.numpy()
+        # in place: k-th neighbour distance in column k - 1; distances are >= 0 (or +inf), whose
+        # float32 bit patterns order like int32, and integer selection is faster
+        jn.view(np.int32).partition(k_eff - 1, axis=1)
+        e = jn[:, k_eff - 1]
+        eps[start:stop] = e
+        less = less_buf[: c * m].reshape(c, m)
+        nx[start:stop] = _count_rows(np.less(dxm.numpy(), e[:, None], out=less))
+        ny[start:stop] = _count_rows(np.less(dym.numpy(), e[:, None], out=less))
+    self_hit = ref_pos >= 0
+    feats = np.empty((n, KNN_FEATURES))
+    psi_n = digamma(m - self_hit + 1.0)
+    u = psi_n - digamma(nx + 1.0)
+    v = psi_n - digamma(ny + 1.0)
+    feats[:, 0] = digamma(k_eff) + u + v - psi_n
+    feats[:, 1] = (u + v) / 4
+    feats[:, 2] = np.abs(u - v) / 4
+    feats[:, 3] = np.log(np.maximum(eps, 1e-6)) / 4
     return feats, float(feats[:, 0].mean())
 
 
@@ -299,34 +436,49 @@ def prepare_batch(
     """
     if len(sets) == 0:
         raise ValueError("prepare_batch needs at least one (x, y) set")
-    if config.input_transform == "copula":
-        transform = normal_scores
-    elif config.input_transform == "standardize":
-        transform = standardize
-    else:
+    if config.input_transform not in ("copula", "standardize"):
         raise ValueError(f"unknown input_transform {config.input_transform!r}")
+    copula = config.input_transform == "copula"
     per_set = []
     for i, (x, y) in enumerate(sets):
         x, y = _as_2d(x), _as_2d(y)
         if x.shape[0] != y.shape[0] or x.shape[0] < 2 or x.shape[1] < 1 or y.shape[1] < 1:
             raise ValueError(f"set {i}: need x (n, dx), y (n, dy) with n >= 2, got {x.shape} and {y.shape}")
-        zx, zy = transform(x), transform(y)
-        z = np.concatenate([zx, zy], axis=1)
         n, dx, dy = x.shape[0], x.shape[1], y.shape[1]
-        cell_idx = canonical_subset(z, dx, config.cell_rows, rng)
+        if copula and np.isfinite(x).all() and np.isfinite(y).all():
+            # per-column transform: both blocks in one pass on the transposed layout
+            zt = _normal_scores_t(np.concatenate([x.T, y.T], axis=0))
+            z = np.ascontiguousarray(zt.T)  # (n, D), C order as the subset keys expect
+            zx, zy = z[:, :dx], z[:, dx:]
+        else:
+            transform = normal_scores if copula else standardize
+            zx, zy = transform(x), transform(y)
+            z = np.concatenate([zx, zy], axis=1)
+        canon = None
+        if rng is None and n > min(config.cell_rows, config.knn_rows if config.use_knn else n):
+            canon = _CanonicalOrder(z, dx)  # shared by the cell subset and the kNN reference rows
+
+        def subset(size: int, seed: int) -> np.ndarray:
+            if n <= size:
+                return np.arange(n)
+            if rng is not None:
+                return np.sort(rng.choice(n, size, replace=False))
+            return canon.subset(size, seed)
+
+        cell_idx = subset(config.cell_rows, SUBSET_SEED)
         r = canonical_correlations(zx, zy) if config.use_cca else None
         knn, ksg = None, None
         if config.use_knn:
-            ref = canonical_subset(z, dx, config.knn_rows, rng, seed=SUBSET_SEED + 1)
+            ref = subset(config.knn_rows, SUBSET_SEED + 1)
             knn, ksg = knn_statistics(z, dx, ref, config.knn_k)
         stats = set_statistics(r, ksg, n, dx, dy, config.cca_top)
-        per_set.append((zx, zy, cell_idx, knn, stats))
+        per_set.append((z, dx, dy, cell_idx, knn, stats))
 
     b = len(per_set)
     big_n = max(p[0].shape[0] for p in per_set)
-    big_r = max(p[2].size for p in per_set)
-    big_dx = max(p[0].shape[1] for p in per_set)
-    big_dy = max(p[1].shape[1] for p in per_set)
+    big_r = max(p[3].size for p in per_set)
+    big_dx = max(p[1] for p in per_set)
+    big_dy = max(p[2] for p in per_set)
     d = big_dx + big_dy
     rows = np.zeros((b, big_n, d), dtype=np.float32)
     cells = np.zeros((b, big_r, d), dtype=np.float32)
@@ -336,10 +488,13 @@ def prepare_batch(
     knn_t = np.zeros((b, big_n, KNN_FEATURES), dtype=np.float32)
     stats_t = np.zeros((b, stats_dim(config)), dtype=np.float32)
     ns, dxs, dys = (np.zeros(b, dtype=np.int64) for _ in range(3))
-    for i, (zx, zy, cell_idx, knn, stats) in enumerate(per_set):
-        n, dx, dy = zx.shape[0], zx.shape[1], zy.shape[1]
-        rows[i, :n, :dx] = zx
-        rows[i, :n, big_dx : big_dx + dy] = zy
+    for i, (z, dx, dy, cell_idx, knn, stats) in enumerate(per_set):
+        n = z.shape[0]
+        if dx == big_dx:  # x and y blocks are adjacent: one copy
+            rows[i, :n, : dx + dy] = z
+        else:
+            rows[i, :n, :dx] = z[:, :dx]
+            rows[i, :n, big_dx : big_dx + dy] = z[:, dx:]
         cells[i, : cell_idx.size] = rows[i, cell_idx]
         row_mask[i, :n] = True
         cell_mask[i, : cell_idx.size] = True
