@@ -399,6 +399,9 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
                 if main:
                     metrics, offsets = evaluate(raw_model, splits, levels, accelerator.device, accelerator.autocast)
                     log.write({"kind": "eval", "step": step, **metrics})
+                    accelerator.print(f"step {step}: " + "; ".join(
+                        f"{name} MAE {m['mae']:.3f} nats, 90% coverage {m['coverage_90']:.2f}"
+                        for name, m in metrics.items() if isinstance(m, dict) and "mae" in m))
                     score = metrics["val_id"][cfg.select_metric]
                     if score < best:
                         best, best_metrics = score, metrics
@@ -419,6 +422,9 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     del batches, loader
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if main and not stop.raised:
+        accelerator.print(f"finished at step {step}; best checkpoint: {out_dir / 'best.safetensors'}; "
+                          f"metrics: {out_dir / 'metrics.jsonl'}")
     return 0
 
 
