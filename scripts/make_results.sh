@@ -11,22 +11,24 @@ PY=.venv/bin/python
 S=${STORES:-$HOME/.cache/amortized-mi/stores}
 OUT=${RESULTS_DIR:-results}
 CKPT=${CHECKPOINT:-data/default.safetensors}
+TRAIN_STORE=${TRAIN_STORE:-$S/train50k}
+LIMIT=${MAX_SETS:+--max-sets $MAX_SETS}     # MAX_SETS=12 for a quick dry run
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 mkdir -p "$OUT"
 
 for b in bench_id bench_ood; do
     $PY -m metagen generate --config configs/metagen/$b.toml --out "$S/${b/_/-}" --no-progress
 done
-[ -d "$S/train50k" ] || { echo "make_results.sh: the train_mean floor needs the training store $S/train50k (README, 'Rebuilding')"; exit 2; }
+[ -d "$TRAIN_STORE" ] || { echo "make_results.sh: the train_mean floor needs the training store $TRAIN_STORE (README, 'Rebuilding')"; exit 2; }
 
 for b in bench-id bench-ood; do
     # every set: the model, KSG (k=3), the Gaussian-copula baseline and the training-mean floor
     $PY -m eval.harness --store "$S/$b" --out "$OUT/$b" --checkpoint "$CKPT" \
-        --estimators model,ksg,gaussian,train_mean --train-store "$S/train50k" --threads 1 --no-progress > /dev/null
+        --estimators model,ksg,gaussian,train_mean --train-store "$TRAIN_STORE" --threads 1 --no-progress $LIMIT > /dev/null
     # slow estimators on a stratified subset: bootstrap intervals for KSG and InfoNCE at its default budget
     $PY -m eval.harness --store "$S/$b" --out "$OUT/$b-subset" --checkpoint "$CKPT" \
-        --estimators model,ksg_boot,infonce --max-sets 30 --n-boot 30 --threads 1 --no-progress > /dev/null
+        --estimators model,ksg_boot,infonce --max-sets ${MAX_SETS:-30} --n-boot 30 --threads 1 --no-progress > /dev/null
 done
 $PY -m eval.bench_speed --threads 1 --checkpoint "$CKPT" | tee "$OUT/speed.txt"
-$PY scripts/write_model_card.py --checkpoint "$CKPT" --results "$OUT" --out data/MODEL_CARD.md
+$PY scripts/write_model_card.py --checkpoint "$CKPT" --results "$OUT" --out "${MODEL_CARD:-data/MODEL_CARD.md}"
 echo "results in $OUT/"
