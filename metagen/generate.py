@@ -130,9 +130,36 @@ def _torch_one_thread() -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _init_worker(progress_queue: Any) -> None:
-    global _progress_queue
+_main_pid: int | None = None
+
+
+def _main_alive() -> bool:
+    """True while the process that started the pool lives (workers stop themselves
+    otherwise: a killed `generate` must not leave workers writing shards)."""
+    if _main_pid is None:
+        return True
+    try:
+        os.kill(_main_pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _init_worker(progress_queue: Any, main_pid: int | None = None) -> None:
+    global _progress_queue, _main_pid
     _progress_queue = progress_queue
+    _main_pid = main_pid
+    if main_pid is not None:  # an idle worker blocks on the task queue: watch from a thread
+        import threading
+
+        def watch() -> None:
+            while _main_alive():
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="main-watchdog", daemon=True).start()
     try:
         import torch
 
@@ -154,6 +181,8 @@ def make_shard(config: Any, out_dir: str, index: int, start: int, stop: int, see
     sets = []
     num_values = 0
     for i in range(start, stop):
+        if not _main_alive():
+            os._exit(1)  # orphaned: the temporary shard directory is cleaned up on resume
         task = draw_task(config, seed, i)
         x, y = task.sample()
         sets.append((x, y, st.SetMeta(mi=float(task.mi), mi_stderr=float(task.mi_stderr),
@@ -286,7 +315,7 @@ def _run_pool(config: Any, out: Path, todo: list[tuple[int, int, int]], seed: in
     ctx = _mp_context()
     progress_queue = ctx.Queue()
     with _one_thread_env(), ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(progress_queue,)
+        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(progress_queue, os.getpid())
     ) as pool:
         pending: set[Future] = {
             pool.submit(make_shard, config, str(out), k, start, stop, seed, stamp)

@@ -242,3 +242,36 @@ def test_module_entry_point_error(work):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr and "--workers" in res.stderr
+
+
+def _processes_with_marker(marker: str) -> list[int]:
+    pids = []
+    for env_file in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in env_file.read_bytes():
+                pids.append(int(env_file.parent.name))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_killed_generate_leaves_no_workers(work, config_path):
+    """SIGKILL of a multi-worker generate: its workers notice and exit (no orphan writing shards)."""
+    out = work / "orphans"
+    marker = f"AMI_TEST_MARK_{os.getpid()}_{time.monotonic_ns()}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), marker: "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "metagen", "generate", "--config", str(config_path),
+                             "--out", str(out), "--workers", "2", "--no-progress"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(_processes_with_marker(marker)) < 3:  # the CLI and at least its two workers
+        assert proc.poll() is None, "generate ended before its workers started; test is void"
+        assert time.monotonic() < deadline, "workers did not start within 120 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while _processes_with_marker(marker):
+        assert time.monotonic() < deadline, f"orphaned workers still running: {_processes_with_marker(marker)}"
+        time.sleep(0.2)
