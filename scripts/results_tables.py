@@ -1,0 +1,88 @@
+"""Summarise eval-harness outputs into the Markdown tables quoted in the README.
+
+    python scripts/results_tables.py results > results/SUMMARY.md
+
+Reads ``<dir>/<store>/results.json`` for every store folder the harness wrote
+(``scripts/make_results.sh`` makes them) and prints, per store: the overall table,
+MAE per n, MAE per family group, bias per MI bin, and the ratio of the model's MAE
+to the better classical baseline's. Every number is read from those files.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BASELINES = ("ksg", "gaussian")
+
+
+def _f(v, nd=2) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def _overall(r: dict) -> list[str]:
+    rows = ["| estimator | sets | MAE | RMSE | bias | cov50 | cov80 | cov90 | width90 | median ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, e in r["estimators"].items():
+        o = e["overall"]
+        cov, width = o.get("coverage") or {}, o.get("width") or {}
+        rows.append(f"| {name} | {o['count']} | {_f(o['mae'])} | {_f(o['rmse'])} | {_f(o['bias'])} | "
+                    f"{_f(cov.get('50'))} | {_f(cov.get('80'))} | {_f(cov.get('90'))} | {_f(width.get('90'))} | "
+                    f"{_f(1000 * o['median_time_s'], 1) if o.get('median_time_s') is not None else '-'} |")
+    return rows
+
+
+def _by(r: dict, group: str, metric: str, title: str) -> list[str]:
+    names = list(r["estimators"])
+    keys: list[str] = []
+    for e in r["estimators"].values():
+        for k in e["groups"].get(group, {}):
+            if k not in keys:
+                keys.append(k)
+    rows = [f"| {title} | sets | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
+    for k in keys:
+        cells, count = [], None
+        for n in names:
+            g = r["estimators"][n]["groups"].get(group, {}).get(k)
+            cells.append(_f(g[metric]) if g else "-")
+            count = count or (g["count"] if g else None)
+        rows.append(f"| {k} | {count} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _ratio(r: dict) -> list[str]:
+    est = r["estimators"]
+    if "model" not in est or not all(b in est for b in BASELINES):
+        return []
+    rows = ["| n | model MAE | KSG MAE | Gaussian MAE | model / KSG | model / best baseline |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for k, g in est["model"]["groups"].get("n", {}).items():
+        ksg, gau = est["ksg"]["groups"]["n"][k]["mae"], est["gaussian"]["groups"]["n"][k]["mae"]
+        best = min(ksg, gau)
+        rows.append(f"| {k} | {_f(g['mae'])} | {_f(ksg)} | {_f(gau)} | {_f(g['mae'] / ksg if ksg else None)} | "
+                    f"{_f(g['mae'] / best if best else None)} |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    root = Path(argv[0] if argv else "results")
+    out: list[str] = []
+    for sub in sorted(p for p in root.iterdir() if (p / "results.json").is_file()):
+        r = json.loads((sub / "results.json").read_text())
+        out += [f"### {sub.name}", "", f"`{r['config'].get('command', '')}`", "", *_overall(r), ""]
+        if "n" in next(iter(r["estimators"].values()))["groups"]:
+            ratio = _ratio(r)
+            if ratio:
+                out += ["Model vs baselines per n:", "", *ratio, ""]
+            out += ["MAE per n:", "", *_by(r, "n", "mae", "n"), ""]
+        if not sub.name.endswith("-subset"):
+            out += ["MAE per family group:", "", *_by(r, "family_group", "mae", "group"), "",
+                    "MAE per dims (max(dx, dy)):", "", *_by(r, "dims", "mae", "dims"), "",
+                    "Bias (estimate - truth) per MI bin, nats:", "", *_by(r, "mi", "bias", "true MI"), ""]
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
