@@ -3,7 +3,7 @@
     python scripts/bench_train_mix.py --store ~/.cache/amortized-mi/stores/train50k \
         --max-d 16 --n-max 500 --steps 40
 
-Batches are drawn as train.py draws them (sets of one dx+dy bucket from the store, one
+Batches are drawn as train.py draws them (sets of one dx+dy value and similar n, one
 shared subsample size n' from `training.data.draw_rows` with the given n range and
 full fraction), for the default ModelConfig on one torch thread. Prints sets/s of the
 optimizer step alone (forward + pinball loss + backward + AdamW; in train.py the
@@ -50,11 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     levels = torch.tensor(cfg.quantile_levels)
     t_prep = t_step = 0.0
-    ns, ds = [], []
+    ns, ds, batch_sizes = [], [], []
     for step in range(args.steps + 2):
         dd = d[rng.choice(pool)]
         same = pool[d[pool] == dd]
-        idx = rng.choice(same, size=min(args.batch, same.size), replace=same.size < args.batch)
+        same = same[np.argsort(store.n[same], kind="stable")]  # like train.py: similar n within a batch
+        start = int(rng.integers(max(1, same.size - args.batch + 1)))
+        idx = same[start:start + args.batch]
         n = draw_rows(rng, int(store.n[idx].min()), args.n_min, args.n_max, args.full_fraction)
         t0 = time.perf_counter()
         sets = [subsample_rows(*store.get(int(i)), n, rng) for i in idx]
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             t_step += t2 - t1
             ns.append(n)
             ds.append(int(dd))
-    sets_timed = args.steps * args.batch
+            batch_sizes.append(len(idx))
+    sets_timed = int(np.sum(batch_sizes))
     print(f"training mix: dx+dy <= {args.max_d}, n' in [{args.n_min}, {args.n_max}] (full fraction "
           f"{args.full_fraction}); mean n' {np.mean(ns):.0f}, mean dx+dy {np.mean(ds):.1f}; "
           f"{model.num_parameters():,} parameters, 1 thread")
