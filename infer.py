@@ -176,7 +176,6 @@ def _forward_grid(loaded: _Loaded, sets: list[tuple[np.ndarray, np.ndarray]]) ->
     out = np.empty((len(sets), len(loaded.levels)), dtype=np.float64)
     order = sorted(range(len(sets)), key=lambda i: (sets[i][0].shape[1] + sets[i][1].shape[1], sets[i][0].shape[0]))
     chunk: list[int] = []
-    cells = 0
 
     def flush() -> None:
         if not chunk:
@@ -200,7 +199,6 @@ def _forward_grid(loaded: _Loaded, sets: list[tuple[np.ndarray, np.ndarray]]) ->
             max_n = max_d = 0
         chunk.append(i)
         max_n, max_d = max(max_n, n_i), max(max_d, d_i)
-        cells = max_n * max_d * len(chunk)
     flush()
     return out
 
