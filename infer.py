@@ -27,6 +27,11 @@ Rules for input outside the checkpoint's trained range (``limits`` in its metada
   :class:`InputError`, unless ``on_out_of_range="warn"`` (predict anyway, with an
   :class:`OutOfRangeWarning`) or ``"ignore"``. At least 3 rows are always needed.
 
+Single calls on the CPU run a TorchScript trace of the network (``model/tracing.py``:
+the same arithmetic without the Python overhead, about twice as fast at n <= 1000);
+batches and other devices run the eager module. ``AMORTIZED_MI_TRACE=0`` turns the
+trace off.
+
 This module depends on torch, numpy, scipy and safetensors only (never on
 metagen, zarr or accelerate).
 """
@@ -41,15 +46,16 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.network import MIEstimator
-from model.preprocess import prepare_batch
+from model.preprocess import Batch, canonical_subset, prepare_batch
 from model.quantiles import apply_calibration, interpolate_quantiles
+from model.tracing import trace_single_set
 from model.validation import InputError, OutOfRangeWarning, as_sample_pair, check_quantiles
 
 __all__ = [
@@ -78,11 +84,14 @@ class _Loaded:
     limits: dict
     meta: dict
     device: torch.device
+    single: Callable[[Batch], torch.Tensor] | None  # traced forward for one set (CPU), or None: eager
 
 
 def _resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
     if checkpoint is None:
-        checkpoint = os.environ.get("AMORTIZED_MI_CHECKPOINT") or DEFAULT_CHECKPOINT
+        checkpoint = os.environ.get("AMORTIZED_MI_CHECKPOINT")
+        if not checkpoint:
+            return DEFAULT_CHECKPOINT  # already absolute and resolved (saves ~0.2 ms per call)
     return Path(checkpoint).expanduser().resolve()
 
 
@@ -93,7 +102,13 @@ def _load_cached(path: str, mtime_ns: int, device: str) -> _Loaded:
     levels = np.asarray(model.config.quantile_levels, dtype=np.float64)
     calib = meta.get("calibration")
     calib = None if calib is None else np.asarray(calib, dtype=np.float64)
-    return _Loaded(model, levels, calib, dict(meta.get("limits") or {}), meta, torch.device(device))
+    single = None
+    if torch.device(device).type == "cpu" and os.environ.get("AMORTIZED_MI_TRACE", "1") != "0":
+        try:
+            single = trace_single_set(model)
+        except RuntimeError as exc:  # pragma: no cover - depends on the torch build
+            warnings.warn(f"{exc}; using the (slower, equivalent) eager forward", RuntimeWarning, stacklevel=2)
+    return _Loaded(model, levels, calib, dict(meta.get("limits") or {}), meta, torch.device(device), single)
 
 
 def load(checkpoint: str | os.PathLike | None = None, device: str | torch.device | None = None) -> _Loaded:
@@ -111,11 +126,12 @@ def load(checkpoint: str | os.PathLike | None = None, device: str | torch.device
 
 
 def _canonical_subsample(x: np.ndarray, y: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """m rows chosen by a fixed-seed draw over a canonical (order-free) row order."""
-    key = np.concatenate([x, y], axis=1)
-    order = np.lexsort(key.T[::-1])  # sort rows lexicographically: independent of input order
-    pick = np.sort(np.random.default_rng(0).choice(x.shape[0], size=m, replace=False))
-    rows = order[pick]
+    """At most m rows, chosen by a fixed-seed draw over a canonical row order.
+
+    The same rows whatever the row order, the column order within x and within y, or
+    an x/y swap (see `model.preprocess.canonical_subset`).
+    """
+    rows = canonical_subset(np.concatenate([x, y], axis=1), x.shape[1], m)
     return x[rows], y[rows]
 
 
@@ -184,7 +200,8 @@ def _forward_grid(loaded: _Loaded, sets: list[tuple[np.ndarray, np.ndarray]]) ->
         if loaded.device.type != "cpu":  # prepare_batch builds CPU tensors already
             batch = batch.to(loaded.device)
         with torch.inference_mode():
-            pred = loaded.model(batch).float().cpu().numpy()
+            forward = loaded.single if loaded.single is not None and batch.size == 1 else loaded.model
+            pred = forward(batch).float().cpu().numpy()
         out[chunk] = pred
         chunk.clear()
 

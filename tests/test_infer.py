@@ -141,6 +141,48 @@ def test_out_of_range_rules(ckpt):
         infer.predict_mi_quantiles(x, y, checkpoint=ckpt, max_rows=None)
 
 
+def test_subsample_of_large_sets_keeps_every_invariance(ckpt):
+    """n > n_max: the subsample (hence the answer) does not depend on the row order, the
+    column order within x or y, or an x/y swap; and it differs from using every row."""
+    x, y = _pair(n=1000, dx=3, dy=2, seed=5)
+    y = np.tanh(y) + 0.1 * np.random.default_rng(6).normal(size=y.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        ref = infer.predict_mi_quantiles(x, y, checkpoint=ckpt)
+        perm = np.random.default_rng(7).permutation(1000)
+        variants = {
+            "rows": (x[perm], y[perm]),
+            "columns": (x[:, [2, 0, 1]], y[:, ::-1]),
+            "swap": (y, x),
+            "all": (y[perm][:, ::-1], x[perm][:, [1, 2, 0]]),
+        }
+        for name, (a, b) in variants.items():
+            got = infer.predict_mi_quantiles(a, b, checkpoint=ckpt)
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5, err_msg=name)
+        every_row = infer.predict_mi_quantiles(x, y, checkpoint=ckpt, max_rows=None)
+    assert not np.allclose(every_row, ref, rtol=1e-6, atol=1e-7)  # the subsample really was used
+    xs, ys = infer._canonical_subsample(x, y, LIMITS["n_max"])
+    assert xs.shape == (LIMITS["n_max"], 3) and ys.shape == (LIMITS["n_max"], 2)
+    rows = {tuple(r) for r in np.concatenate([x, y], axis=1)}
+    assert all(tuple(r) in rows for r in np.concatenate([xs, ys], axis=1))  # real, paired rows
+
+
+def test_single_calls_use_the_traced_forward_and_match_eager(ckpt, monkeypatch):
+    """One set per call goes through the traced network; its answers equal the eager module's."""
+    loaded = infer.load(ckpt)
+    assert loaded.single is not None
+    pairs = [_pair(n=n, dx=dx, dy=dy, seed=n) for n, dx, dy in [(12, 1, 1), (80, 2, 5), (300, 4, 4), (400, 8, 1)]]
+    traced = [infer.predict_mi_quantiles(x, y, (0.05, 0.5, 0.95), checkpoint=ckpt) for x, y in pairs]
+    monkeypatch.setenv("AMORTIZED_MI_TRACE", "0")
+    infer._load_cached.cache_clear()
+    try:
+        assert infer.load(ckpt).single is None
+        eager = [infer.predict_mi_quantiles(x, y, (0.05, 0.5, 0.95), checkpoint=ckpt) for x, y in pairs]
+    finally:
+        infer._load_cached.cache_clear()
+    np.testing.assert_allclose(np.array(traced), np.array(eager), rtol=1e-5, atol=1e-6)
+
+
 def test_unreadable_checkpoint(tmp_path):
     x, y = _pair()
     bad = tmp_path / "bad.safetensors"
