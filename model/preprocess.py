@@ -267,14 +267,14 @@ _BLOCK = 1 << 18
 """Elements of one kNN work buffer (1 MiB of float32): queries are processed in chunks of
 _BLOCK // m rows, and column groups of the max-norm in (g, chunk, m) blocks of at most this size."""
 
-_DIFF_BLOCKS = 4
+_DIFF_BLOCKS = 1
 """The max-norm's (g, chunk, m) difference block may span this many work buffers."""
 
 _WORKSPACE = threading.local()
 
 
 def _knn_workspace() -> tuple[torch.Tensor, np.ndarray]:
-    """Per-thread reusable buffers: (4 + _DIFF_BLOCKS, _BLOCK) float32 and (_BLOCK,) bool (about 8 MiB).
+    """Per-thread reusable buffers: (4 + _DIFF_BLOCKS, _BLOCK) float32 and (_BLOCK,) bool (about 5 MiB).
 
     The kNN step needs a few 1 MiB temporaries per call; fresh ones are new pages every
     time (the allocator hands big blocks back to the OS), and the page faults cost more
