@@ -19,6 +19,12 @@ Groups: family, transform, n (exact values if the store uses at most 8, else <=5
 (0, (0,1], (1,3], (3,8], (8,35], >35) and the family groups embeddings, spirals,
 flows, heavy_tails, dims>25. Point estimators (no interval) get no coverage scores.
 An estimator that raises on a set is recorded as a failure (NaN) and the run goes on.
+
+--reuse OLD/results.json copies the per-set predictions (and times) of the baselines from
+an earlier run on the same store, levels, seed and bootstrap count instead of recomputing
+them (KSG, bootstrap and InfoNCE take most of a run); the model is always recomputed.
+Sets or estimators that the old file lacks are computed as usual; results.json lists
+what was reused.
 """
 
 from __future__ import annotations
@@ -86,6 +92,36 @@ def group_labels(info, fixed_n: list[int] | None) -> dict[str, list[str]]:
     }
 
 
+NEVER_REUSED = ("model",)
+"""Estimators whose predictions --reuse never copies (the checkpoint is what changes between runs)."""
+
+
+def reusable_predictions(old: dict, *, store: str, levels: Sequence[float], seed: int, n_boot: int,
+                         train_store: str | None) -> dict[str, dict[int, dict]]:
+    """{estimator: {set index: prediction}} from an earlier results.json that may be reused.
+
+    Only when the earlier run used the same store path, levels, seed, and (for *_boot) bootstrap
+    count, and (for train_mean) the same training store; never for NEVER_REUSED. Each prediction
+    also carries the set's true MI ("mi") so the caller can check that the store is unchanged.
+    """
+    cfg = old.get("config", {})
+    if cfg.get("store") != store or cfg.get("seed") != seed:
+        return {}
+    if not np.allclose(old.get("levels", []), list(levels)) or len(old.get("levels", [])) != len(levels):
+        return {}
+    out: dict[str, dict[int, dict]] = {}
+    for rec in old.get("sets", []):
+        for name, pred in rec.get("predictions", {}).items():
+            if name in NEVER_REUSED or pred.get("error") is not None:
+                continue
+            if name.endswith("_boot") and cfg.get("n_boot") != n_boot:
+                continue
+            if name == "train_mean" and cfg.get("train_store") != train_store:
+                continue
+            out.setdefault(name, {})[int(rec["index"])] = {**pred, "mi": rec["mi"]}
+    return out
+
+
 def run_estimators(
     source: SetSource,
     estimators: Sequence[Estimator],
@@ -93,11 +129,15 @@ def run_estimators(
     levels: Sequence[float] = metrics.DEFAULT_LEVELS,
     *,
     progress: bool = True,
+    reuse: dict[str, dict[int, dict]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every estimator on every selected set; one record per set.
 
     A record holds the SetInfo fields, `groups` (see group_labels) and `predictions`:
     {name: {"quantiles": (Q,) list in nats, "point": median, "time_s": seconds, "error": str | None}}.
+    reuse (see `reusable_predictions`): predictions to copy instead of computing, by
+    estimator and set index; a copied prediction is used only if its true MI matches the set's,
+    and is marked "reused": True.
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -110,6 +150,10 @@ def run_estimators(
         rec["groups"] = group_labels(info, fixed_n)
         rec["predictions"] = {}
         for est in estimators:
+            old = (reuse or {}).get(est.name, {}).get(int(i))
+            if old is not None and math.isclose(old["mi"], info.mi, rel_tol=1e-9, abs_tol=1e-12):
+                rec["predictions"][est.name] = {**{k: old[k] for k in ("quantiles", "point", "time_s", "error")}, "reused": True}
+                continue
             t0 = time.perf_counter()
             try:
                 q = np.asarray(est.estimate_quantiles(x, y, levels), dtype=np.float64)
@@ -241,8 +285,11 @@ def evaluate(
     progress: bool = True,
     plots: bool = True,
     config: dict | None = None,
+    reuse: dict[str, dict[int, dict]] | None = None,
 ) -> dict:
-    """Run, score and write results.json, results.md and the plots into out_dir; return the results dict."""
+    """Run, score and write results.json, results.md and the plots into out_dir; return the results dict.
+
+    reuse: earlier predictions to copy (see `reusable_predictions` and `run_estimators`)."""
     names = [e.name for e in estimators]
     if len(set(names)) != len(names):
         raise ValueError(f"estimator names must be unique, got {names}")
@@ -251,9 +298,10 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     indices = select_sets([source.info(i).n for i in range(len(source))], max_sets, seed)
-    records = run_estimators(source, estimators, indices, levels, progress=progress)
+    records = run_estimators(source, estimators, indices, levels, progress=progress, reuse=reuse)
+    reused = sorted(e.name for e in estimators if records and all(r["predictions"][e.name].get("reused") for r in records))
     results = {
-        "config": {"seed": seed, "max_sets": max_sets, **(config or {})},
+        "config": {"seed": seed, "max_sets": max_sets, **(config or {}), "reused": reused},
         "levels": list(levels),
         "num_sets": len(records),
         "estimators": summarise_records(records, estimators, levels),
@@ -295,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="infer's rule for sets outside the trained range (default ignore: the model answers "
                         "every set, so extrapolation is scored, not dropped as a failure)")
     p.add_argument("--train-store", default=None, help="store whose mean MI the train_mean estimator predicts")
+    p.add_argument("--reuse", default=None, metavar="RESULTS_JSON",
+                   help="copy the baselines' predictions from an earlier results.json of the same store, "
+                        "levels, seed and --n-boot instead of recomputing them (the model is always recomputed)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -312,10 +363,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             if hasattr(est, "check_available"):
                 est.check_available()  # fail before hours of baselines, not after
         command = "python -m eval.harness " + " ".join(sys.argv[1:] if argv is None else argv)
+        reuse = None
+        if args.reuse is not None:
+            try:
+                old = json.loads(Path(args.reuse).read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ValueError(f"--reuse: cannot read {args.reuse}: {exc}") from None
+            reuse = reusable_predictions(old, store=str(args.store), levels=metrics.DEFAULT_LEVELS, seed=args.seed,
+                                         n_boot=args.n_boot, train_store=args.train_store)
         results = evaluate(
             source, estimators, args.out, max_sets=args.max_sets, seed=args.seed, progress=not args.no_progress,
             plots=not args.no_plots, config={"store": str(args.store), "checkpoint": args.checkpoint, "command": command, "n_boot": args.n_boot,
-                    "model_out_of_range": args.model_out_of_range, "torch_threads": _torch_threads()},
+                    "model_out_of_range": args.model_out_of_range, "torch_threads": _torch_threads(),
+                    "train_store": args.train_store},
+            reuse=reuse,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,6 +4,8 @@
 # rewrite the model card.
 #   bash scripts/make_results.sh                 # all of it (~30-60 min on 2 cores)
 #   CHECKPOINT=runs/x/best.safetensors RESULTS_DIR=/tmp/r bash scripts/make_results.sh
+#   REUSE=1 bash scripts/make_results.sh         # new checkpoint: copy the baselines' per-set results
+#                                                # from the previous run's results.json (minutes, not an hour)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -21,13 +23,19 @@ for b in bench_id bench_ood; do
 done
 [ -d "$TRAIN_STORE" ] || { echo "make_results.sh: the train_mean floor needs the training store $TRAIN_STORE (README, 'Rebuilding')"; exit 2; }
 
+reuse() {  # --reuse OLD_RESULTS when REUSE=1 and an earlier run left one
+    if [ "${REUSE:-0}" = 1 ] && [ -f "$1/results.json" ]; then
+        cp "$1/results.json" "$1/results.previous.json"
+        echo "--reuse $1/results.previous.json"
+    fi
+}
 for b in bench-id bench-ood; do
     # every set: the model, KSG (k=3), the Gaussian-copula baseline and the training-mean floor
     $PY -m eval.harness --store "$S/$b" --out "$OUT/$b" --checkpoint "$CKPT" \
-        --estimators model,ksg,gaussian,train_mean --train-store "$TRAIN_STORE" --threads 1 --no-progress $LIMIT > /dev/null
+        --estimators model,ksg,gaussian,train_mean --train-store "$TRAIN_STORE" --threads 1 --no-progress $LIMIT $(reuse "$OUT/$b") > /dev/null
     # slow estimators on a stratified subset: bootstrap intervals for KSG and InfoNCE at its default budget
     $PY -m eval.harness --store "$S/$b" --out "$OUT/$b-subset" --checkpoint "$CKPT" \
-        --estimators model,ksg_boot,infonce --max-sets ${MAX_SETS:-30} --n-boot 30 --threads 1 --no-progress > /dev/null
+        --estimators model,ksg_boot,infonce --max-sets ${MAX_SETS:-30} --n-boot 30 --threads 1 --no-progress $(reuse "$OUT/$b-subset") > /dev/null
 done
 $PY -m eval.bench_speed --threads 1 --checkpoint "$CKPT" | tee "$OUT/speed.txt"
 $PY scripts/results_tables.py "$OUT" > "$OUT/SUMMARY.md"

@@ -211,6 +211,34 @@ def test_harness_cli_on_tiny_store(tmp_path, capsys):
     assert "| ksg |" in capsys.readouterr().out
 
 
+def test_harness_reuse_copies_baselines_and_recomputes_the_rest(tmp_path, capsys, monkeypatch):
+    write_tiny_store(tmp_path / "store")
+    base = ["--store", str(tmp_path / "store"), "--estimators", "ksg,gaussian", "--no-progress", "--no-plots"]
+    assert main(base + ["--out", str(tmp_path / "a")]) == 0
+    first = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert first["config"]["reused"] == []
+    calls = []
+    real = KSGEstimator.estimate_quantiles
+    monkeypatch.setattr(KSGEstimator, "estimate_quantiles", lambda self, x, y, lv: calls.append(1) or real(self, x, y, lv))
+    assert main(base + ["--out", str(tmp_path / "b"), "--reuse", str(tmp_path / "a" / "results.json")]) == 0
+    second = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert calls == [] and second["config"]["reused"] == ["gaussian", "ksg"]
+    for a, b in zip(first["sets"], second["sets"]):
+        assert all(b["predictions"][k].pop("reused") for k in ("ksg", "gaussian"))
+        assert a["predictions"] == b["predictions"]
+    assert second["estimators"]["ksg"]["overall"]["mae"] == first["estimators"]["ksg"]["overall"]["mae"]
+    # another seed, or an old file whose true MIs differ from the store's: nothing is copied
+    assert main(base + ["--out", str(tmp_path / "c"), "--seed", "1", "--reuse", str(tmp_path / "a" / "results.json")]) == 0
+    assert len(calls) == 6
+    doctored = dict(first, sets=[dict(r, mi=r["mi"] + 1.0) for r in first["sets"]])
+    (tmp_path / "bad.json").write_text(json.dumps(doctored))
+    assert main(base + ["--out", str(tmp_path / "d"), "--reuse", str(tmp_path / "bad.json")]) == 0
+    assert len(calls) == 12 and json.loads((tmp_path / "d" / "results.json").read_text())["config"]["reused"] == []
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "e"), "--reuse", str(tmp_path / "missing.json")]) == 2
+    assert "--reuse: cannot read" in capsys.readouterr().err
+
+
 def test_cli_errors(tmp_path, capsys):
     assert main(["--store", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--estimators", "ksg"]) == 2
     assert "does not exist" in capsys.readouterr().err
