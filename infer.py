@@ -20,12 +20,15 @@ Rules for input outside the checkpoint's trained range (``limits`` in its metada
 
 * more samples than ``limits["n_max"]``: a fixed-seed random subsample of
   ``n_max`` rows (taken in a canonical row order, so the answer does not depend on
-  the order of the rows) is used, and an :class:`OutOfRangeWarning` says so. The
+  the order of the rows or columns, or on which variable is x) is used, and an :class:`OutOfRangeWarning` says so. The
   interval then reflects the smaller sample, i.e. it is honest but wider than
   needed. Pass ``max_rows=None`` to feed every row anyway (an extrapolation).
 * fewer samples than ``limits["n_min"]``, or more X or Y dimensions than trained:
   :class:`InputError`, unless ``on_out_of_range="warn"`` (predict anyway, with an
   :class:`OutOfRangeWarning`) or ``"ignore"``. At least 3 rows are always needed.
+* a column with fewer distinct values than half its rows (discrete or heavily rounded
+  data; the model was trained on continuous variables): an :class:`OutOfRangeWarning`
+  (none with ``on_out_of_range="ignore"``). Constant columns are fine.
 
 Single calls on the CPU run a TorchScript trace of the network (``model/tracing.py``:
 the same arithmetic without the Python overhead, about twice as fast at n <= 1000);
@@ -135,6 +138,41 @@ def _canonical_subsample(x: np.ndarray, y: np.ndarray, m: int) -> tuple[np.ndarr
     return x[rows], y[rows]
 
 
+DISCRETE_PROBE_ROWS = 64
+DISCRETE_MAX_SHARE = 0.5  # a column with fewer distinct values than this share of its rows looks discrete
+
+
+def _warn_if_discrete(x: np.ndarray, y: np.ndarray) -> None:
+    """OutOfRangeWarning if a column looks discrete (many tied values).
+
+    The model was trained on continuous variables: for discrete or heavily rounded data
+    (MI bounded by the entropies, ties everywhere) its answer is not meaningful. A cheap
+    probe of DISCRETE_PROBE_ROWS rows spread over the sample decides whether the full
+    check runs.
+    """
+    n = x.shape[0]
+    if n < 8:
+        return
+    step = max(1, n // DISCRETE_PROBE_ROWS)  # rows spread over the whole sample
+    probe = np.concatenate([x[::step][:DISCRETE_PROBE_ROWS], y[::step][:DISCRETE_PROBE_ROWS]], axis=1)
+    srt = np.sort(probe, axis=0)
+    if (1 + np.count_nonzero(np.diff(srt, axis=0), axis=0) >= DISCRETE_MAX_SHARE * probe.shape[0]).all():
+        return
+    full = np.sort(np.concatenate([x, y], axis=1), axis=0)
+    distinct = 1 + np.count_nonzero(np.diff(full, axis=0), axis=0)
+    bad = np.flatnonzero((distinct < DISCRETE_MAX_SHARE * n) & (distinct > 1))  # constant columns are harmless
+    if bad.size:
+        j = int(bad[0])
+        name = f"x column {j}" if j < x.shape[1] else f"y column {j - x.shape[1]}"
+        warnings.warn(
+            f"{name} has only {int(distinct[j])} distinct values in {n} rows ({bad.size} such column(s)): the "
+            "model assumes continuous variables; for discrete or heavily rounded data the estimate is not "
+            "meaningful (pass on_out_of_range='ignore' to silence this)",
+            OutOfRangeWarning,
+            stacklevel=5,
+        )
+
+
 def _check_range(
     x: np.ndarray,
     y: np.ndarray,
@@ -145,6 +183,8 @@ def _check_range(
     n, dx, dy = x.shape[0], x.shape[1], y.shape[1]
     if n < ABSOLUTE_MIN_ROWS:
         raise InputError(f"need at least {ABSOLUTE_MIN_ROWS} samples (rows) to estimate MI; got n = {n}")
+    if on_out_of_range != "ignore":
+        _warn_if_discrete(x, y)
     problems = []
     n_min = int(limits.get("n_min", ABSOLUTE_MIN_ROWS))
     if n < n_min:

@@ -81,8 +81,26 @@ def test_constant_and_duplicated_columns_do_not_crash(ckpt):
     x, y = _pair(dx=3, dy=2)
     x[:, 1] = 7.0
     y = np.concatenate([y, y[:, :1]], axis=1)
-    q = infer.predict_mi_quantiles(x, y, checkpoint=ckpt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # constant and duplicated columns are not "discrete"
+        q = infer.predict_mi_quantiles(x, y, checkpoint=ckpt)
     assert np.isfinite(q).all()
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_discrete_looking_columns_warn(ckpt, late):
+    """Few distinct values in a column: a warning naming it (also when the first rows look
+    continuous), none with on_out_of_range="ignore"."""
+    x, y = _pair(n=300, dx=2, dy=2)
+    y[:, 1] = np.round(y[:, 1])  # a handful of integer values
+    if late:
+        y[:100, 1] = np.random.default_rng(9).normal(size=100)  # a third of the rows look continuous
+    with pytest.warns(OutOfRangeWarning, match="y column 1 has only .* distinct values in 300 rows"):
+        q = infer.predict_mi_quantiles(x, y, checkpoint=ckpt)
+    assert np.isfinite(q).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        infer.predict_mi_quantiles(x, y, checkpoint=ckpt, on_out_of_range="ignore")
 
 
 @pytest.mark.parametrize(
