@@ -37,7 +37,7 @@ Any config field can be overridden as ``--key value`` (model fields as ``--model
 value``); unknown keys or wrong types exit with code 2 and a one-line message.
 
 Outputs in ``out_dir``: ``metrics.jsonl`` (one JSON object per line, ``kind`` is
-``"train"``: step, loss, lr, sets_per_s, n_mean, elapsed_s; ``"eval"``: step and, per
+``"train"``: step, loss, lr, sets_per_s, n_mean, elapsed_s, cpu_s; ``"eval"``: step and, per
 split ``val_id`` / ``val_ood``, the keys of ``training.evaluate.split_metrics``;
 ``"batch"`` with ``log_batch_hash``: step, micro, hash, loss), ``states/step-XXXXXXXX``
 (accelerator.save_state plus train_state.json; the last ``keep_states`` are kept),
@@ -386,7 +386,8 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
                 steps_done = window["count"] / cfg.grad_accum
                 record = {"kind": "train", "step": step, "loss": mean, "lr": lr,
                           "sets_per_s": steps_done * sets_per_step / max(1e-9, now - window["t"]),
-                          "n_mean": window["n"] / max(1, window["count"]), "elapsed_s": now - t0}
+                          "n_mean": window["n"] / max(1, window["count"]), "elapsed_s": now - t0,
+                          "cpu_s": time.process_time()}  # this process's CPU seconds (not the loader workers')
                 log.write(record)
                 bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
                 window = {"loss": 0.0, "count": 0, "n": 0.0, "t": now}
