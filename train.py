@@ -262,19 +262,20 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_model(cfg: TrainConfig, init_from: str | None):
-    """A fresh MIEstimator from cfg.model, or the weights and config of a checkpoint (cfg.model ignored)."""
+    """(model, lineage): a fresh MIEstimator from cfg.model and None, or the weights and config
+    of a checkpoint (cfg.model ignored) and its lineage (model.checkpoint.lineage)."""
     from model.network import MIEstimator
 
     if init_from is None:
-        return MIEstimator(cfg.model_config())
-    from model.checkpoint import load_checkpoint
+        return MIEstimator(cfg.model_config()), None
+    from model.checkpoint import lineage, load_checkpoint
 
-    model, _meta = load_checkpoint(init_from)
+    model, meta = load_checkpoint(init_from)
     differ = {k: v for k, v in cfg.model.items() if getattr(model.config, k, v) != v}
     if differ:
         print(f"train.py: note: --init-from keeps the checkpoint's model config; ignoring {differ}", file=sys.stderr)
     model.train()
-    return model
+    return model, lineage(init_from, meta)
 
 
 # ----------------------------------------------------------------------------- main loop
@@ -301,7 +302,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     accelerator.wait_for_everyone()
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, args.init_from)
+    model, init_lineage = build_model(cfg, args.init_from)
     model_cfg = model.config
     levels = np.asarray(model_cfg.quantile_levels, dtype=np.float64)
     levels_t = torch.as_tensor(levels, dtype=torch.float32, device=accelerator.device)
@@ -322,6 +323,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
             step, best = int(saved["step"]), float(saved.get("best", math.inf))
             limits = DataLimits(saved.get("limits"))
             best_metrics = saved.get("best_metrics", {})
+            init_lineage = saved.get("init_from", init_lineage)  # the run's origin, even if --init-from is not repeated
             accelerator.print(f"resumed from {states[-1]} at step {step}")
         else:
             accelerator.print(f"--resume: no saved state in {out_dir / 'states'}; starting at step 0")
@@ -343,7 +345,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
 
     def state_extra() -> dict:
         return {"best": best, "best_metrics": best_metrics, "limits": current_limits(),
-                "micro_batch": step * cfg.grad_accum}
+                "micro_batch": step * cfg.grad_accum, "init_from": init_lineage}
 
     def current_limits() -> dict:
         return store_limits(dataset, cfg) if cfg.train_store is not None else limits.as_dict()
@@ -351,7 +353,8 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     def export(path: Path, metrics: dict) -> None:
         save_checkpoint(str(path), raw_model, limits=current_limits(),
                         calibration=None if offsets is None else [float(v) for v in offsets],
-                        info={"step": step, "config": cfg.to_dict(), "metrics": metrics})
+                        info={"step": step, "config": cfg.to_dict(), "metrics": metrics,
+                              **({"init_from": init_lineage} if init_lineage else {})})
 
     try:
         while step < stop_at:

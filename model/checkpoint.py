@@ -164,3 +164,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         "fingerprint": fingerprint,
     }
     return model, metadata
+
+
+def lineage(path: str | os.PathLike, meta: dict) -> dict:
+    """Where a run that starts from checkpoint `path` (metadata `meta`) comes from.
+
+    Returns {"path", "fingerprint", "steps_before"}: steps_before counts the training
+    steps of that checkpoint and of everything it was itself started from, so a chain of
+    continued runs reports its total number of steps.
+    """
+    info = meta.get("info") or {}
+    before = int(info.get("step") or 0) + int((info.get("init_from") or {}).get("steps_before") or 0)
+    return {"path": str(path), "fingerprint": meta.get("fingerprint"), "steps_before": before}

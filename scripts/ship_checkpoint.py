@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import infer  # noqa: E402
 from metagen.store import open_store  # noqa: E402
-from model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from model.checkpoint import lineage, load_checkpoint, save_checkpoint  # noqa: E402
 from model.quantiles import apply_calibration, fit_calibration  # noqa: E402
 
 
@@ -35,12 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-store", help="store to refit the conformal offsets on (default: keep the run's)")
     p.add_argument("--max-sets", type=int, default=0, help="use at most this many calibration sets (0: all)")
     p.add_argument("--n-max", type=int, help="largest n inference takes without subsampling")
+    p.add_argument("--init-from", help="the checkpoint the run was started from, recorded as its lineage when the "
+                                       "run's own metadata lacks it (runs made before train.py recorded it)")
     args = p.parse_args(argv)
 
     model, meta = load_checkpoint(args.src)
     limits = dict(meta["limits"])
     info = dict(meta.get("info") or {})
     calibration = meta.get("calibration")
+    if args.init_from and not info.get("init_from"):
+        _, origin = load_checkpoint(args.init_from)
+        info["init_from"] = lineage(args.init_from, origin)
     if args.n_max is not None:
         limits["n_max_trained"] = limits["n_max"]
         limits["n_max"] = int(args.n_max)

@@ -45,6 +45,31 @@ def _results_table(results_dir: Path) -> list[str]:
     return lines
 
 
+def _limits_from_results(results_dir: Path) -> list[str]:
+    """Known-limit bullets computed from the harness results (model vs the floor, high MI, widths);
+    the small "-subset" runs are left out."""
+    out = []
+    subs = sorted(p for p in results_dir.iterdir() if (p / "results.json").is_file()) if results_dir.is_dir() else []
+    for sub in (p for p in subs if not p.name.endswith("-subset")):
+        est = json.loads((sub / "results.json").read_text())["estimators"]
+        model = est.get("model")
+        if model is None:
+            continue
+        o = model["overall"]
+        floor = est.get("train_mean", {}).get("overall", {}).get("mae")
+        if floor is not None and o["mae"] >= 0.9 * floor:
+            out.append(f"- `{sub.name}`: MAE {o['mae']:.2f} nats, hardly better than predicting the training mean "
+                       f"({floor:.2f}).")
+        high = model["groups"].get("mi", {}).get("(8,35]")
+        if high and high.get("bias") is not None and high["bias"] < -1:
+            out.append(f"- `{sub.name}`: MI above 8 nats is underestimated by {-high['bias']:.1f} nats on average "
+                       f"({high['count']} sets).")
+        width = (o.get("width") or {}).get("90")
+        if width is not None and width > 4:
+            out.append(f"- `{sub.name}`: 90% intervals are wide ({width:.1f} nats on average).")
+    return out or ["- See the test tables above."]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="data/default.safetensors")
@@ -65,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## What it is",
         "",
-        f"A permutation-invariant 2D-attention quantile regressor (`model/network.py`) with {n_params:,} parameters.",
+        f"A permutation-invariant set-attention quantile regressor (`model/network.py`) with {n_params:,} parameters: "
+        f"{cfg.get('cell_layers')} 2D cell layer(s), {cfg.get('row_layers')} row ISAB layer(s), kNN statistics "
+        f"{'on' if cfg.get('use_knn') else 'off'}, canonical-correlation statistics {'on' if cfg.get('use_cca') else 'off'}.",
         "It returns non-crossing quantiles of log(1 + I(X;Y)) at a fixed grid of levels, mapped to nats,",
         "after per-level conformal offsets fitted on a held-out calibration store.",
         "",
@@ -77,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Training",
         "",
-        f"- steps: {info.get('step')}; batch size {train_cfg.get('batch_size')}; lr {train_cfg.get('lr')} (warmup "
+        f"- steps: {info.get('step')}" + (
+            f" in this run, continued from `{info['init_from']['path']}` (fingerprint "
+            f"`{str(info['init_from']['fingerprint'])[:16]}...`, {info['init_from']['steps_before']} earlier steps): "
+            f"{info.get('step', 0) + info['init_from']['steps_before']} steps in all" if info.get("init_from") else "")
+        + f"; batch size {train_cfg.get('batch_size')}; lr {train_cfg.get('lr')} (warmup "
         f"{train_cfg.get('warmup_steps')}, cosine to {train_cfg.get('min_lr')}); torch threads {train_cfg.get('threads')}",
         f"- training store: `{train_cfg.get('train_store')}` (metagen `configs/metagen/train.toml`; rows subsampled per "
         f"batch to n' in [{train_cfg.get('n_train_min')}, {train_cfg.get('n_train_max')}])",
@@ -103,10 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     res = Path(args.results)
     if res.is_dir():
         L += ["## Test results (eval harness; see README for per-group tables)", ""] + _results_table(res)
-    L += ["## Known limits", "",
-          "- An early model (one CPU session of training): it beats KSG and the Gaussian-copula baseline on the",
-          "  test stores, but out of distribution its MAE is no better than predicting the training mean, it",
-          "  underestimates high MI (> 8 nats) strongly, and its 90% intervals are wide (~8.5 nats).",
+    L += ["## Known limits", ""] + _limits_from_results(res) + [
           "- Trained on synthetic families only (metagen); real data whose dependence looks like none of them may",
           "  be estimated worse than the test tables suggest.",
           "- Not trained or selected on the BMI benchmark tasks (Czyz et al.), which stay an independent yardstick."]

@@ -248,9 +248,17 @@ def test_end_to_end_loss_falls_and_checkpoint_loads(stores, tmp_path):
     again = tmp_path / "again"
     assert train_here(again, stores, "--init-from", str(out / "best.safetensors"), "--steps", "2",
                       "--eval_every", "2", "--model.dim", "64") == 0
-    cont, _ = load_checkpoint(again / "last.safetensors")
+    cont, cont_meta = load_checkpoint(again / "last.safetensors")
     assert cont.config == best.config
     assert not all(torch.equal(a, b) for a, b in zip(best.state_dict().values(), cont.state_dict().values()))
+    # the lineage counts the earlier run's steps, and a chain of continued runs adds up
+    assert cont_meta["info"]["init_from"] == {"path": str(out / "best.safetensors"), "fingerprint": meta["fingerprint"],
+                                              "steps_before": meta["info"]["step"]}
+    third = tmp_path / "third"
+    assert train_here(third, stores, "--init-from", str(again / "last.safetensors"), "--steps", "1",
+                      "--eval_every", "1") == 0
+    _, third_meta = load_checkpoint(third / "last.safetensors")
+    assert third_meta["info"]["init_from"]["steps_before"] == meta["info"]["step"] + 2
 
 
 def test_resume_continues_with_the_same_batches(stores, tmp_path):
