@@ -176,3 +176,45 @@ def test_prepare_batch_layout_and_masks():
         prepare_batch([(np.zeros((1, 1)), np.zeros((1, 1)))], cfg)
     with pytest.raises(ValueError):
         prepare_batch([], cfg)
+
+
+def _cca_by_svd(x, y):
+    """The SVD path alone (the reference for the Gram fast path)."""
+    import torch
+
+    from model.preprocess import _canonical_correlations_svd
+
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    return _canonical_correlations_svd(torch.from_numpy(x - x.mean(0)), torch.from_numpy(y - y.mean(0)),
+                                       min(x.shape[1], y.shape[1]))
+
+
+@pytest.mark.parametrize("case", ["plain", "high_rho", "correlated_columns", "duplicate", "constant", "n_below_d",
+                                  "near_duplicate", "copula_scores"])
+def test_canonical_correlations_fast_path_equals_svd_path(case):
+    """The Gram/eigh fast path (or its SVD fallback) gives the SVD path's values to 1e-9."""
+    from model.preprocess import _normal_scores_t
+
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    n, dx, dy = 300, 4, 3
+    x = rng.normal(size=(n, dx))
+    y = 0.6 * x[:, :dy] + 0.8 * rng.normal(size=(n, dy))
+    if case == "high_rho":
+        y[:, 0] = x[:, 0] + 1e-5 * rng.normal(size=n)  # one pair with r = 1 - 5e-11: clipped at R_MAX
+        y[:, 1] = x[:, 1] + 1e-3 * rng.normal(size=n)
+    elif case == "correlated_columns":
+        x[:, 1] = x[:, 0] + 0.05 * rng.normal(size=n)  # ill-conditioned x block
+    elif case == "duplicate":
+        x[:, 2] = x[:, 0]
+    elif case == "constant":
+        y[:, 2] = 3.0
+    elif case == "n_below_d":
+        x, y = x[:5], y[:5]
+    elif case == "near_duplicate":
+        x[:, 3] = x[:, 0]
+        x[:2, 3] = x[1::-1, 0]  # two values swapped: rank 4 with a tiny fourth singular value
+    elif case == "copula_scores":
+        z = _normal_scores_t(np.ascontiguousarray(np.concatenate([x, np.tanh(y)], axis=1).T)).T
+        x, y = z[:, :dx], z[:, dx:]
+    np.testing.assert_allclose(canonical_correlations(x, y), _cca_by_svd(x, y), rtol=0, atol=1e-9)
