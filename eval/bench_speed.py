@@ -1,7 +1,7 @@
 """Speed benchmark: seconds per MI estimate at n = 1000, dx = dy = 5 (defaults).
 
     python -m eval.bench_speed [--n 1000] [--dim 5] [--repeats 7] [--batch 16]
-                               [--threads 1] [--checkpoint PATH] [--skip-infonce]
+                               [--threads 1] [--checkpoint PATH] [--skip-infonce] [--rounds 3]
 
 Times, in the same run on the same correlated-Gaussian sample: the model (one
 `predict_mi_quantiles` call, and the batch form `predict_mi_quantiles_batch` on --batch
@@ -9,6 +9,12 @@ sets, reported per set), KSG (k-d tree, k = 3), the Gaussian-copula baseline and
 at its default fixed budget. Each time is the median over --repeats calls (InfoNCE:
 --infonce-repeats) after one warm-up call; ratios are baseline time / model single-call
 time. If infer.py or its checkpoint cannot be used, says so and still times the baselines.
+
+On a shared machine a slow baseline's time drifts during the run (InfoNCE took 5-13 s
+per estimate on the same data on the 2-core development box). --rounds R (> 1) adds R
+rounds that alternate the model's single call (median of --repeats) with one InfoNCE
+estimate, so each ratio compares times taken under the same conditions; the report
+lists every round's ratio and their minimum.
 """
 
 from __future__ import annotations
@@ -66,6 +72,38 @@ def run_benchmark(n: int = 1000, dim: int = 5, repeats: int = 7, batch: int = 16
     return times
 
 
+def alternating_ratios(fast: Callable[[], object], slow: Callable[[], object], rounds: int,
+                       repeats: int) -> list[tuple[float, float]]:
+    """[(fast seconds, slow seconds)] for `rounds` rounds: median of `repeats` fast calls, then one slow call.
+
+    Both callables get one untimed warm-up call first.
+    """
+    if rounds < 1 or repeats < 1:
+        raise ValueError(f"rounds and repeats must be >= 1, got {rounds}, {repeats}")
+    fast()
+    slow()
+    out = []
+    for _ in range(rounds):
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fast()
+            ts.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        slow()
+        out.append((float(np.median(ts)), time.perf_counter() - t0))
+    return out
+
+
+def format_rounds(rounds: list[tuple[float, float]], label: str) -> str:
+    """One line per round (model ms, baseline s, ratio) and the minimum ratio."""
+    lines = [f"alternating rounds, model single call vs {label}:"]
+    for i, (m, o) in enumerate(rounds):
+        lines.append(f"  round {i + 1}: model {m * 1e3:.2f} ms, baseline {o:.2f} s, ratio {o / m:.3g}")
+    lines.append(f"  minimum ratio {min(o / m for m, o in rounds):.3g}")
+    return "\n".join(lines)
+
+
 def format_report(times: dict[str, float | str], n: int, dim: int, threads: int) -> str:
     """A plain-text table: estimator, ms per estimate, ratio to the model's single call."""
     lines = [f"time per estimate, n = {n}, dx = dy = {dim}, torch threads = {torch.get_num_threads()} (requested {threads}), "
@@ -92,9 +130,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--skip-infonce", action="store_true")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="> 1: also alternate the model and InfoNCE this many rounds (ratios under the same conditions)")
     a = p.parse_args(argv)
+    if a.rounds < 1:
+        p.error("--rounds must be >= 1")
     times = run_benchmark(a.n, a.dim, a.repeats, a.batch, a.threads, a.checkpoint, not a.skip_infonce, a.infonce_repeats)
     print(format_report(times, a.n, a.dim, a.threads))
+    if a.rounds > 1 and not a.skip_infonce and "model_error" not in times:
+        x, y = correlated_gaussian(a.n, a.dim, 0.6, seed=0)
+        model, est = ModelEstimator(checkpoint=a.checkpoint), InfoNCEEstimator()
+        rounds = alternating_ratios(lambda: model.estimate_quantiles(x, y, LEVELS), lambda: est.estimate(x, y),
+                                    a.rounds, a.repeats)
+        print(format_rounds(rounds, f"infonce ({est.steps} steps, batch {est.batch_size})"))
     return 0
 
 

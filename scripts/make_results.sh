@@ -37,7 +37,7 @@ for b in bench-id bench-ood; do
     $PY -m eval.harness --store "$S/$b" --out "$OUT/$b-subset" --checkpoint "$CKPT" \
         --estimators model,ksg_boot,infonce --max-sets ${MAX_SETS:-30} --n-boot 30 --threads 1 --no-progress $(reuse "$OUT/$b-subset") > /dev/null
 done
-$PY -m eval.bench_speed --threads 1 --checkpoint "$CKPT" | tee "$OUT/speed.txt"
+$PY -m eval.bench_speed --threads 1 --rounds 3 --checkpoint "$CKPT" | tee "$OUT/speed.txt"
 $PY scripts/results_tables.py "$OUT" > "$OUT/SUMMARY.md"
 $PY scripts/write_model_card.py --checkpoint "$CKPT" --results "$OUT" --out "${MODEL_CARD:-data/MODEL_CARD.md}"
 echo "results in $OUT/"

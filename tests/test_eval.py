@@ -310,6 +310,30 @@ def test_bench_speed_runs_with_and_without_model(fake_infer, monkeypatch):
     assert "model not available" in format_report(times, 200, 2, 1)
 
 
+def test_alternating_ratios_compare_under_the_same_conditions():
+    import time as _time
+
+    from eval.bench_speed import alternating_ratios, format_rounds
+
+    calls = {"fast": 0, "slow": 0}
+
+    def fast():
+        calls["fast"] += 1
+        _time.sleep(0.002)
+
+    def slow():
+        calls["slow"] += 1
+        _time.sleep(0.03)
+
+    rounds = alternating_ratios(fast, slow, rounds=3, repeats=4)
+    assert len(rounds) == 3 and calls == {"fast": 1 + 12, "slow": 1 + 3}  # one warm-up each
+    assert all(3 < o / m < 40 for m, o in rounds)  # ~15x; generous bounds for a busy machine
+    text = format_rounds(rounds, "slow thing")
+    assert text.count("round ") == 3 and "minimum ratio" in text and "slow thing" in text
+    with pytest.raises(ValueError, match=">= 1"):
+        alternating_ratios(fast, slow, rounds=0, repeats=1)
+
+
 def test_train_mean_estimator_predicts_the_store_mean(tmp_path):
     from metagen.config import load_config
     from metagen.generate import generate
