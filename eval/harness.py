@@ -107,7 +107,8 @@ def reusable_predictions(old: dict, *, store: str, levels: Sequence[float], seed
     cfg = old.get("config", {})
     if cfg.get("store") != store or cfg.get("seed") != seed:
         return {}
-    if not np.allclose(old.get("levels", []), list(levels)) or len(old.get("levels", [])) != len(levels):
+    old_levels = old.get("levels", [])
+    if len(old_levels) != len(levels) or not np.allclose(old_levels, list(levels)):
         return {}
     out: dict[str, dict[int, dict]] = {}
     for rec in old.get("sets", []):

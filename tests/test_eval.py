@@ -234,6 +234,11 @@ def test_harness_reuse_copies_baselines_and_recomputes_the_rest(tmp_path, capsys
     (tmp_path / "bad.json").write_text(json.dumps(doctored))
     assert main(base + ["--out", str(tmp_path / "d"), "--reuse", str(tmp_path / "bad.json")]) == 0
     assert len(calls) == 12 and json.loads((tmp_path / "d" / "results.json").read_text())["config"]["reused"] == []
+    # an old file with another level grid is not reused (and does not crash)
+    other_levels = dict(first, levels=first["levels"][:-1])
+    (tmp_path / "levels.json").write_text(json.dumps(other_levels))
+    assert main(base + ["--out", str(tmp_path / "f"), "--reuse", str(tmp_path / "levels.json")]) == 0
+    assert len(calls) == 18 and json.loads((tmp_path / "f" / "results.json").read_text())["config"]["reused"] == []
     capsys.readouterr()
     assert main(base + ["--out", str(tmp_path / "e"), "--reuse", str(tmp_path / "missing.json")]) == 2
     assert "--reuse: cannot read" in capsys.readouterr().err
