@@ -32,9 +32,10 @@ from .estimators import ModelEstimator
 LEVELS = (0.05, 0.5, 0.95)
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time in seconds of `repeats` calls of fn, after one untimed warm-up call."""
-    fn()
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: bool = True) -> float:
+    """Median wall time in seconds of `repeats` calls of fn, after one untimed warm-up call (unless warmup=False)."""
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -84,14 +85,8 @@ def alternating_ratios(fast: Callable[[], object], slow: Callable[[], object], r
     slow()
     out = []
     for _ in range(rounds):
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fast()
-            ts.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        slow()
-        out.append((float(np.median(ts)), time.perf_counter() - t0))
+        fast_s = median_seconds(fast, repeats, warmup=False)
+        out.append((fast_s, median_seconds(slow, 1, warmup=False)))
     return out
 
 

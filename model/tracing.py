@@ -7,8 +7,9 @@ nn.Module overhead of ~250 small operations (most of the eager forward's time on
 at n <= 1000); the arithmetic is the same, so the output equals the eager forward up
 to float rounding (checked in tests/test_tracing.py for several n and dims).
 
-The trace is only valid for batches of one set without padding; `single_set_forward`
-checks this and the caller uses the eager module otherwise (batches, other devices).
+The trace is only valid for batches of one set without padding; the function that
+`trace_single_set` returns checks this, and infer.py uses the eager module otherwise
+(batches, other devices).
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def _example_batch(model: MIEstimator) -> Batch:
 
 
 def trace_single_set(model: MIEstimator) -> Callable[[Batch], Tensor]:
-    """A frozen TorchScript trace of `model` for one unpadded set on CPU.
+    """A TorchScript trace of `model` for one unpadded set on CPU (weights as they are now).
 
     Returns f(batch) -> (1, Q) quantiles of log1p(MI [nats]), equal to model(batch) up
     to float rounding for any n and dims, for batches of exactly one set (B = 1, as
