@@ -87,7 +87,17 @@ class _Loaded:
     limits: dict
     meta: dict
     device: torch.device
-    single: Callable[[Batch], torch.Tensor] | None  # traced forward for one set (CPU), or None: eager
+
+    @functools.cached_property
+    def single(self) -> Callable[[Batch], torch.Tensor] | None:
+        """The traced forward for one set on the CPU, made on first use (None: use the eager module)."""
+        if self.device.type != "cpu" or os.environ.get("AMORTIZED_MI_TRACE", "1") == "0":
+            return None
+        try:
+            return trace_single_set(self.model)
+        except RuntimeError as exc:  # pragma: no cover - depends on the torch build
+            warnings.warn(f"{exc}; using the (slower, equivalent) eager forward", RuntimeWarning, stacklevel=2)
+            return None
 
 
 def _resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
@@ -105,13 +115,7 @@ def _load_cached(path: str, mtime_ns: int, device: str) -> _Loaded:
     levels = np.asarray(model.config.quantile_levels, dtype=np.float64)
     calib = meta.get("calibration")
     calib = None if calib is None else np.asarray(calib, dtype=np.float64)
-    single = None
-    if torch.device(device).type == "cpu" and os.environ.get("AMORTIZED_MI_TRACE", "1") != "0":
-        try:
-            single = trace_single_set(model)
-        except RuntimeError as exc:  # pragma: no cover - depends on the torch build
-            warnings.warn(f"{exc}; using the (slower, equivalent) eager forward", RuntimeWarning, stacklevel=2)
-    return _Loaded(model, levels, calib, dict(meta.get("limits") or {}), meta, torch.device(device), single)
+    return _Loaded(model, levels, calib, dict(meta.get("limits") or {}), meta, torch.device(device))
 
 
 def load(checkpoint: str | os.PathLike | None = None, device: str | torch.device | None = None) -> _Loaded:
@@ -142,6 +146,11 @@ DISCRETE_PROBE_ROWS = 64
 DISCRETE_MAX_SHARE = 0.5  # a column with fewer distinct values than this share of its rows looks discrete
 
 
+def _distinct_per_column(a: np.ndarray) -> np.ndarray:
+    """Number of distinct values in each column of a (n, d) -> (d,)."""
+    return 1 + np.count_nonzero(np.diff(np.sort(a, axis=0), axis=0), axis=0)
+
+
 def _warn_if_discrete(x: np.ndarray, y: np.ndarray) -> None:
     """OutOfRangeWarning if a column looks discrete (many tied values).
 
@@ -155,11 +164,9 @@ def _warn_if_discrete(x: np.ndarray, y: np.ndarray) -> None:
         return
     step = max(1, n // DISCRETE_PROBE_ROWS)  # rows spread over the whole sample
     probe = np.concatenate([x[::step][:DISCRETE_PROBE_ROWS], y[::step][:DISCRETE_PROBE_ROWS]], axis=1)
-    srt = np.sort(probe, axis=0)
-    if (1 + np.count_nonzero(np.diff(srt, axis=0), axis=0) >= DISCRETE_MAX_SHARE * probe.shape[0]).all():
+    if (_distinct_per_column(probe) >= DISCRETE_MAX_SHARE * probe.shape[0]).all():
         return
-    full = np.sort(np.concatenate([x, y], axis=1), axis=0)
-    distinct = 1 + np.count_nonzero(np.diff(full, axis=0), axis=0)
+    distinct = _distinct_per_column(np.concatenate([x, y], axis=1))
     bad = np.flatnonzero((distinct < DISCRETE_MAX_SHARE * n) & (distinct > 1))  # constant columns are harmless
     if bad.size:
         j = int(bad[0])
@@ -240,7 +247,8 @@ def _forward_grid(loaded: _Loaded, sets: list[tuple[np.ndarray, np.ndarray]]) ->
         if loaded.device.type != "cpu":  # prepare_batch builds CPU tensors already
             batch = batch.to(loaded.device)
         with torch.inference_mode():
-            forward = loaded.single if loaded.single is not None and batch.size == 1 else loaded.model
+            single = loaded.single if batch.size == 1 else None  # traced on the first single-set call
+            forward = single if single is not None else loaded.model
             pred = forward(batch).float().cpu().numpy()
         out[chunk] = pred
         chunk.clear()
