@@ -4,14 +4,23 @@
 
 Reads ``<dir>/<store>/results.json`` for every store folder the harness wrote
 (``scripts/make_results.sh`` makes them) and prints, per store: the overall table,
-MAE per n, MAE per family group, bias per MI bin, and the ratio of the model's MAE
-to the better classical baseline's. Every number is read from those files.
+MAE per n, MAE per family group, bias per MI bin, the ratio of the model's MAE
+to the better classical baseline's, and the model's 90% interval width per n within
+each true-MI bin (a store draws MI and n independently, so the plain width per n mixes
+in how many high-MI sets each n happened to get; within a bin it does not). Every
+number is read from those files.
 """
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eval.metrics import MI_BINS, central_interval  # noqa: E402
 
 BASELINES = ("ksg", "gaussian")
 
@@ -64,6 +73,26 @@ def _ratio(r: dict) -> list[str]:
     return rows
 
 
+def _width_by_mi_and_n(r: dict, coverage: float = 0.9) -> list[str]:
+    """Mean width (nats) of the model's central interval per true-MI bin (rows) and n (columns)."""
+    sets = [s for s in r["sets"] if s["predictions"].get("model", {}).get("quantiles")]
+    if not sets:
+        return []
+    ns = sorted({s["n"] for s in sets})
+    bins: dict[str, dict[int, list[float]]] = {}
+    for s in sets:
+        lo, hi = central_interval(r["levels"], np.asarray([s["predictions"]["model"]["quantiles"]]), coverage)
+        for key in (s["groups"]["mi"][0], "all"):
+            bins.setdefault(key, {}).setdefault(s["n"], []).append(float(hi[0] - lo[0]))
+    order = [label for label, _ in MI_BINS if label in bins] + ["all"]
+    rows = ["| true MI | " + " | ".join(f"n = {n}" for n in ns) + " |", "|---|" + "---:|" * len(ns)]
+    for key in order:
+        per_n = bins[key]
+        cells = [f"{np.mean(per_n[n]):.2f} ({len(per_n[n])})" if n in per_n else "-" for n in ns]
+        rows.append(f"| {key} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     root = Path(argv[0] if argv else "results")
@@ -76,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             if ratio:
                 out += ["Model vs baselines per n:", "", *ratio, ""]
             out += ["MAE per n:", "", *_by(r, "n", "mae", "n"), ""]
+            width = _width_by_mi_and_n(r)
+            if width and not sub.name.endswith("-subset"):
+                out += ["Model's 90% interval width per n within each true-MI bin, nats (sets):", "", *width, ""]
         if not sub.name.endswith("-subset"):
             out += ["MAE per family group:", "", *_by(r, "family_group", "mae", "group"), "",
                     "MAE per dims (max(dx, dy)):", "", *_by(r, "dims", "mae", "dims"), "",

@@ -1,4 +1,4 @@
-"""Reporting scripts: scripts/ablation_table.py on a hand-written metrics log."""
+"""Reporting scripts: ablation_table.py on a hand-written metrics log, results_tables.py on a hand-written results.json."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "ablation_table.py"), *args],
+def _run(*args: str, script: str = "ablation_table.py") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args],
                           capture_output=True, text=True, cwd=ROOT)
 
 
@@ -38,3 +38,33 @@ def test_ablation_table_reads_evaluations(tmp_path):
 def test_ablation_table_rejects_a_directory_without_metrics(tmp_path):
     r = _run(str(tmp_path))
     assert r.returncode == 2 and "has no metrics.jsonl" in r.stderr
+
+
+def _result_set(n: int, mi: float, mi_bin: str, lo: float, hi: float) -> dict:
+    """One set of a results.json whose model predicts a flat ramp: 0.05 -> lo, 0.95 -> hi."""
+    levels = [round(0.05 * k, 2) for k in range(1, 20)]
+    quantiles = [lo + (hi - lo) * (lv - 0.05) / 0.9 for lv in levels]
+    return {"n": n, "mi": mi, "groups": {"mi": [mi_bin], "n": [str(n)]},
+            "predictions": {"model": {"quantiles": quantiles, "point": quantiles[9]}}}
+
+
+def test_results_tables_width_per_n_within_mi_bins(tmp_path):
+    # Two n, two MI bins; the widths (hi - lo) are chosen by hand, so each cell's mean is known.
+    sets = [_result_set(100, 0.5, "(0,1]", 0.0, 4.0), _result_set(100, 0.7, "(0,1]", 1.0, 3.0),
+            _result_set(500, 0.6, "(0,1]", 0.0, 1.0), _result_set(100, 5.0, "(3,8]", 2.0, 12.0),
+            _result_set(500, 4.0, "(3,8]", 3.0, 6.0)]
+    results = {"config": {"command": "hand-written"}, "levels": [round(0.05 * k, 2) for k in range(1, 20)],
+               "num_sets": len(sets), "sets": sets,
+               "estimators": {"model": {"has_interval": True, "overall": {"count": 5, "mae": 1.0, "rmse": 1.0, "bias": 0.0},
+                                        "groups": {"n": {"100": {"count": 3, "mae": 1.0}, "500": {"count": 2, "mae": 1.0}}}}}}
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "results.json").write_text(json.dumps(results))
+    r = _run(str(tmp_path), script="results_tables.py")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    start = lines.index("| true MI | n = 100 | n = 500 |")
+    assert lines[start + 2:start + 5] == [
+        "| (0,1] | 3.00 (2) | 1.00 (1) |",      # (4 + 2) / 2, then 1
+        "| (3,8] | 10.00 (1) | 3.00 (1) |",
+        "| all | 5.33 (3) | 2.00 (2) |",        # (4 + 2 + 10) / 3, (1 + 3) / 2
+    ]
