@@ -263,8 +263,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def build_model(cfg: TrainConfig, init_from: str | None):
     """(model, lineage): a fresh MIEstimator from cfg.model and None, or the weights and config
-    of a checkpoint (cfg.model ignored) and its lineage (model.checkpoint.lineage)."""
-    from model.network import MIEstimator
+    of a checkpoint and its lineage (model.checkpoint.lineage). With a checkpoint, cfg.model
+    may still change the input switches (model.network.INPUT_SWITCHES, e.g. turn the kNN
+    statistics on: the new inputs start with zero weights); other fields are ignored."""
+    from model.network import INPUT_SWITCHES, MIEstimator, switch_inputs
 
     if init_from is None:
         return MIEstimator(cfg.model_config()), None
@@ -272,8 +274,13 @@ def build_model(cfg: TrainConfig, init_from: str | None):
 
     model, meta = load_checkpoint(init_from)
     differ = {k: v for k, v in cfg.model.items() if getattr(model.config, k, v) != v}
-    if differ:
-        print(f"train.py: note: --init-from keeps the checkpoint's model config; ignoring {differ}", file=sys.stderr)
+    switches = {k: v for k, v in differ.items() if k in INPUT_SWITCHES}
+    ignored = {k: v for k, v in differ.items() if k not in INPUT_SWITCHES}
+    if ignored:
+        print(f"train.py: note: --init-from keeps the checkpoint's architecture; ignoring {ignored}", file=sys.stderr)
+    if switches:
+        print(f"train.py: note: --init-from with other inputs: {switches}", file=sys.stderr)
+        model = switch_inputs(model, **switches)
     model.train()
     return model, lineage(init_from, meta)
 

@@ -209,4 +209,32 @@ class MIEstimator(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
-__all__ = ["ModelConfig", "MIEstimator", "DEFAULT_LEVELS"]
+INPUT_SWITCHES = ("use_knn", "knn_k", "knn_rows")
+"""ModelConfig fields that only choose which input statistics preprocessing computes:
+changing them leaves every parameter's shape alone (disabled statistics are zeros)."""
+
+
+def switch_inputs(model: MIEstimator, **changes) -> MIEstimator:
+    """A new model with other input switches (`INPUT_SWITCHES`) and the weights of `model`.
+
+    Turning the kNN statistics on zeroes the weights that read them (the row embedding's
+    columns of the per-row kNN features, the head's columns of the two KSG statistics):
+    they have only ever seen zeros, so the new model starts as exactly the old function
+    and training then learns to use the new inputs.
+    """
+    bad = sorted(set(changes) - set(INPUT_SWITCHES))
+    if bad:
+        raise ValueError(f"switch_inputs changes only {INPUT_SWITCHES}, not {bad}")
+    config = dataclasses.replace(model.config, **changes)
+    ref = next(model.parameters())
+    new = MIEstimator(config).to(device=ref.device, dtype=ref.dtype)
+    new.load_state_dict(model.state_dict())
+    if config.use_knn and not model.config.use_knn:
+        dim, ksg = config.dim, 3 * config.dim + 1 + config.cca_top  # head input: [3 dim, stats]; KSG stats at 1 + cca_top
+        with torch.no_grad():
+            new.row_embed[0].weight[:, 3 * dim:].zero_()   # (dim, 3 dim + KNN_FEATURES)
+            new.head[0].weight[:, ksg:ksg + 2].zero_()      # (head_hidden, 3 dim + S)
+    return new.train(model.training)
+
+
+__all__ = ["ModelConfig", "MIEstimator", "DEFAULT_LEVELS", "INPUT_SWITCHES", "switch_inputs"]

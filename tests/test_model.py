@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.special import ndtr, ndtri
 
-from model.network import MIEstimator, ModelConfig
+from model.network import MIEstimator, ModelConfig, switch_inputs
 from model.preprocess import prepare_batch
 from model.quantiles import (
     apply_calibration,
@@ -156,6 +156,26 @@ def test_gradients_reach_every_parameter():
 
 
 # ---------------------------------------------------------------- quantiles.py
+
+
+def test_switching_knn_on_starts_from_the_same_function_and_then_learns():
+    old = _model(use_knn=False, cell_layers=0)
+    new = switch_inputs(old, use_knn=True)
+    assert new.config.use_knn and not old.config.use_knn
+    sets = [_pair(80, 3, 2, seed=1), _pair(40, 1, 1, seed=2)]
+    with_knn = prepare_batch(sets, new.config).to(dtype=torch.float64)
+    assert with_knn.knn.abs().sum() > 0                    # the new inputs are really there
+    with torch.no_grad():
+        np.testing.assert_allclose(new(with_knn).numpy(), _run(old, sets), rtol=1e-12, atol=1e-12)
+    # the zeroed weights that read the kNN inputs get gradients, so training can use them
+    new.zero_grad()
+    new(with_knn).sum().backward()
+    dim = new.config.dim
+    assert new.row_embed[0].weight.grad[:, 3 * dim:].abs().sum() > 0
+    ksg = 3 * dim + 1 + new.config.cca_top
+    assert new.head[0].weight.grad[:, ksg:ksg + 2].abs().sum() > 0
+    with pytest.raises(ValueError, match="not \\['dim'\\]"):
+        switch_inputs(old, dim=8)
 
 
 def test_target_transform_round_trip():

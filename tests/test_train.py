@@ -255,10 +255,12 @@ def test_end_to_end_loss_falls_and_checkpoint_loads(stores, tmp_path):
     assert cont_meta["info"]["init_from"] == {"path": str(out / "best.safetensors"), "fingerprint": meta["fingerprint"],
                                               "steps_before": meta["info"]["step"]}
     third = tmp_path / "third"
+    # ... and may change the input switches (here: drop the kNN statistics), not the architecture
     assert train_here(third, stores, "--init-from", str(again / "last.safetensors"), "--steps", "1",
-                      "--eval_every", "1") == 0
-    _, third_meta = load_checkpoint(third / "last.safetensors")
+                      "--eval_every", "1", "--model.use_knn", "false") == 0
+    third_model, third_meta = load_checkpoint(third / "last.safetensors")
     assert third_meta["info"]["init_from"]["steps_before"] == meta["info"]["step"] + 2
+    assert not third_model.config.use_knn and third_model.config.dim == best.config.dim
 
 
 def test_resume_continues_with_the_same_batches(stores, tmp_path):
