@@ -5,7 +5,9 @@
         --out data/default.safetensors
 
 Steps: load the weights, (optionally) widen the n range that inference accepts
-without subsampling to the range validated on held-out stores (``--n-max``), refit
+without subsampling to the range validated on held-out stores (``--n-max``),
+(optionally) change the number of kNN reference rows (``--knn-rows``: an input
+switch, see ``model.network.switch_inputs``; fewer rows make a call faster), refit
 the per-level conformal offsets on a calibration store that was used neither for
 training nor for testing (predictions made exactly as ``infer`` makes them, i.e.
 with the same subsampling rule), and write the result. Prints the coverage of each
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import infer  # noqa: E402
 from metagen.store import open_store  # noqa: E402
 from model.checkpoint import lineage, load_checkpoint, save_checkpoint  # noqa: E402
+from model.network import switch_inputs  # noqa: E402
 from model.quantiles import apply_calibration, fit_calibration  # noqa: E402
 
 
@@ -35,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-store", help="store to refit the conformal offsets on (default: keep the run's)")
     p.add_argument("--max-sets", type=int, default=0, help="use at most this many calibration sets (0: all)")
     p.add_argument("--n-max", type=int, help="largest n inference takes without subsampling")
+    p.add_argument("--knn-rows", type=int, help="kNN reference rows at inference (default: the run's)")
     p.add_argument("--init-from", help="the checkpoint the run was started from, recorded as its lineage when the "
                                        "run's own metadata lacks it (runs made before train.py recorded it)")
     args = p.parse_args(argv)
@@ -46,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.init_from and not info.get("init_from"):
         _, origin = load_checkpoint(args.init_from)
         info["init_from"] = lineage(args.init_from, origin)
+    if args.knn_rows is not None and args.knn_rows != model.config.knn_rows:
+        info["knn_rows_trained"] = model.config.knn_rows
+        model = switch_inputs(model, knn_rows=int(args.knn_rows))
     if args.n_max is not None:
         limits["n_max_trained"] = limits["n_max"]
         limits["n_max"] = int(args.n_max)

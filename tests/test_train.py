@@ -263,6 +263,35 @@ def test_end_to_end_loss_falls_and_checkpoint_loads(stores, tmp_path):
     assert not third_model.config.use_knn and third_model.config.dim == best.config.dim
 
 
+def test_ship_checkpoint_calibrates_and_switches_knn_rows(stores, tmp_path):
+    """scripts/ship_checkpoint.py on a briefly trained run: conformal offsets refit on a store,
+    n_max widened, kNN reference rows changed; the result is what infer then uses."""
+    import infer
+    from metagen.store import open_store
+    from model.checkpoint import load_checkpoint
+
+    assert train_here(tmp_path / "run", stores, "--steps", "4", "--eval_every", "4") == 0
+    src = tmp_path / "run" / "best.safetensors"
+    out = tmp_path / "shipped.safetensors"
+    r = subprocess.run([PY, str(ROOT / "scripts" / "ship_checkpoint.py"), "--src", str(src), "--out", str(out),
+                        "--calib-store", str(stores["train"]), "--max-sets", "64", "--n-max", "3000", "--knn-rows", "64"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    model, meta = load_checkpoint(out)
+    trained, trained_meta = load_checkpoint(src)
+    assert model.config.knn_rows == 64 and meta["info"]["knn_rows_trained"] == trained.config.knn_rows == 128
+    assert meta["limits"]["n_max"] == 3000 and meta["limits"]["n_max_trained"] == trained_meta["limits"]["n_max"]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
+    # on the calibration sets (not the run's own validation store), every level's quantile now covers
+    # at least that fraction of the truths
+    store = open_store(stores["train"])
+    levels = list(model.config.quantile_levels)
+    sets = [store.get(i) for i in range(64)]
+    q = infer.predict_mi_quantiles_batch(sets, levels, checkpoint=out, on_out_of_range="ignore")  # (N, Q) nats
+    covered = (store.mi[:64, None] <= q + 1e-9).mean(axis=0)
+    assert np.all(covered >= np.asarray(levels) - 1e-9), covered
+
+
 def test_resume_continues_with_the_same_batches(stores, tmp_path):
     common = ("--steps", "12", "--save_every", "4", "--eval_every", "100", "--log_every", "1", "--log_batch_hash", "true")
     full, part = tmp_path / "full", tmp_path / "part"
