@@ -232,6 +232,35 @@ def test_calibration_reaches_nominal_coverage():
     assert np.all(cov_cal >= levels - 1.0 / n - 1e-12)  # the running max only raises quantiles
 
 
+def test_group_robust_calibration_covers_every_group():
+    rng = np.random.default_rng(1)
+    levels = np.array(ModelConfig().quantile_levels)
+    n = 900
+    groups = rng.integers(0, 3, size=n)
+    target = rng.gamma(2.0, 0.5, size=n)
+    # too narrow everywhere, and far more so in group 2 (its spread is 3x larger)
+    noise = rng.normal(0, 0.3, size=(n, 1)) * np.where(groups == 2, 3.0, 1.0)[:, None]
+    pred = target[:, None] + 0.1 * ndtri(levels)[None, :] + noise
+    pooled = fit_calibration(pred, target, levels)
+    robust = fit_calibration(pred, target, levels, groups=groups)
+    for g in range(3):
+        sel = groups == g
+        cov = np.mean(target[sel, None] <= pred[sel] + robust, axis=0)
+        assert np.all(cov[levels > 0.5] >= levels[levels > 0.5] - 1e-12)
+        assert np.all(cov[levels < 0.5] <= levels[levels < 0.5] + 1.0 / sel.sum() + 1e-12)
+    # pooled offsets leave the wide group under-covered: the check above is not vacuous
+    sel = groups == 2
+    lo, hi = np.searchsorted(levels, 0.05), np.searchsorted(levels, 0.95)
+    inside = lambda off: np.mean((target[sel] >= pred[sel, lo] + off[lo]) & (target[sel] <= pred[sel, hi] + off[hi]))
+    assert inside(pooled) < 0.85 and inside(robust) >= 0.9 - 1.0 / sel.sum()
+    assert robust[levels == 0.5] == pooled[levels == 0.5]
+    # one group (or groups too small to fit) = the pooled offsets
+    np.testing.assert_array_equal(fit_calibration(pred, target, levels, groups=np.zeros(n)), pooled)
+    np.testing.assert_array_equal(fit_calibration(pred, target, levels, groups=groups, min_group=n + 1), pooled)
+    with pytest.raises(ValueError, match="groups must have shape"):
+        fit_calibration(pred, target, levels, groups=groups[:-1])
+
+
 @pytest.mark.slow
 def test_tiny_overfit_reduces_pinball_loss():
     _overfit(steps=300)
