@@ -157,6 +157,9 @@ def test_out_of_range_rules(ckpt):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         infer.predict_mi_quantiles(x, y, checkpoint=ckpt, max_rows=None)
+        # a cap the caller chose: the same canonical subsample, silently
+        capped = infer.predict_mi_quantiles(x, y, checkpoint=ckpt, max_rows=LIMITS["n_max"])
+    np.testing.assert_allclose(capped, a, rtol=1e-6, atol=1e-7)
 
 
 def test_subsample_of_large_sets_keeps_every_invariance(ckpt):
