@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.blocks import ISAB, PMA, SAB
-from model.preprocess import KNN_FEATURES, Batch, stats_dim
+from model.preprocess import KNN_FEATURES, Batch, ksg_stats_slice, stats_dim
 
 DEFAULT_LEVELS = (0.01, 0.025, 0.05) + tuple(round(0.1 + 0.05 * i, 2) for i in range(17)) + (0.95, 0.975, 0.99)
 
@@ -230,10 +230,10 @@ def switch_inputs(model: MIEstimator, **changes) -> MIEstimator:
     new = MIEstimator(config).to(device=ref.device, dtype=ref.dtype)
     new.load_state_dict(model.state_dict())
     if config.use_knn and not model.config.use_knn:
-        dim, ksg = config.dim, 3 * config.dim + 1 + config.cca_top  # head input: [3 dim, stats]; KSG stats at 1 + cca_top
+        dim, ksg = config.dim, ksg_stats_slice(config)
         with torch.no_grad():
-            new.row_embed[0].weight[:, 3 * dim:].zero_()   # (dim, 3 dim + KNN_FEATURES)
-            new.head[0].weight[:, ksg:ksg + 2].zero_()      # (head_hidden, 3 dim + S)
+            new.row_embed[0].weight[:, 3 * dim:].zero_()  # (dim, 3 dim + KNN_FEATURES)
+            new.head[0].weight[:, 3 * dim + ksg.start:3 * dim + ksg.stop].zero_()  # (head_hidden, 3 dim + S): [3 dim, stats]
     return new.train(model.training)
 
 

@@ -87,6 +87,11 @@ def stats_dim(config: "ModelConfig") -> int:
     return 1 + config.cca_top + 2 + 5
 
 
+def ksg_stats_slice(config: "ModelConfig") -> slice:
+    """Where the two KSG statistics sit in the set-statistics vector (see `set_statistics`)."""
+    return slice(1 + config.cca_top, 3 + config.cca_top)
+
+
 @functools.lru_cache(maxsize=16)
 def _score_table(n: int) -> np.ndarray:
     """ndtri(r / (n + 1)) for the ranks r = 1..n (read-only; the same values as computing it per cell)."""

@@ -79,11 +79,11 @@ def _width_by_mi_and_n(r: dict, coverage: float = 0.9) -> list[str]:
     if not sets:
         return []
     ns = sorted({s["n"] for s in sets})
+    lo, hi = central_interval(r["levels"], np.asarray([s["predictions"]["model"]["quantiles"] for s in sets]), coverage)
     bins: dict[str, dict[int, list[float]]] = {}
-    for s in sets:
-        lo, hi = central_interval(r["levels"], np.asarray([s["predictions"]["model"]["quantiles"]]), coverage)
+    for s, width in zip(sets, hi - lo):
         for key in (s["groups"]["mi"][0], "all"):
-            bins.setdefault(key, {}).setdefault(s["n"], []).append(float(hi[0] - lo[0]))
+            bins.setdefault(key, {}).setdefault(s["n"], []).append(float(width))
     order = [label for label, _ in MI_BINS if label in bins] + ["all"]
     rows = ["| true MI | " + " | ".join(f"n = {n}" for n in ns) + " |", "|---|" + "---:|" * len(ns)]
     for key in order:

@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import infer  # noqa: E402
-from eval.metrics import dims_bucket  # noqa: E402
+from eval.metrics import dims_bucket, interval_scores  # noqa: E402
 from metagen.store import open_store  # noqa: E402
 from model.checkpoint import lineage, load_checkpoint, save_checkpoint  # noqa: E402
 from model.network import switch_inputs  # noqa: E402
@@ -92,12 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         for lv, b, a in zip(levels, before, after):
             print(f"{lv:6.3f}  {b:6.3f} -> {a:6.3f}")
         if groups is not None:
-            lo, hi = int(np.argmin(abs(levels - 0.05))), int(np.argmin(abs(levels - 0.95)))
             cal = apply_calibration(grid, offsets)
             for g in np.unique(groups):
                 sel = groups == g
-                inside = np.mean((target[sel] >= cal[sel, lo]) & (target[sel] <= cal[sel, hi]))
-                print(f"dims {g:>5}: {sel.sum():5d} sets, {levels[lo]:.2f}-{levels[hi]:.2f} interval covers {inside:.3f}")
+                inside, _ = interval_scores(levels, cal[sel], target[sel], 0.9)
+                print(f"dims {g:>5}: {sel.sum():5d} sets, central 90% interval covers {inside:.3f}")
         calibration = [float(c) for c in offsets]
         info["calibration_store"] = {"path": str(args.calib_store), "sets": int(len(idx)), "groups": args.calib_groups,
                                      "manifest_config": store.manifest.get("config", {}).get("name")}

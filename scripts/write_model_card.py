@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.checkpoint import load_checkpoint  # noqa: E402
+from model.checkpoint import lineage, load_checkpoint  # noqa: E402
 
 
 def _fmt(v, nd=3) -> str:
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- steps: {info.get('step')}" + (
             f" in this run, continued from `{info['init_from']['path']}` (fingerprint "
             f"`{str(info['init_from']['fingerprint'])[:16]}...`, {info['init_from']['steps_before']} earlier steps): "
-            f"{info.get('step', 0) + info['init_from']['steps_before']} steps in all" if info.get("init_from") else "")
+            f"{lineage(args.checkpoint, meta)['steps_before']} steps in all" if info.get("init_from") else "")
         + f"; batch size {train_cfg.get('batch_size')}; lr {train_cfg.get('lr')} (warmup "
         f"{train_cfg.get('warmup_steps')}, cosine to {train_cfg.get('min_lr')}); torch threads {train_cfg.get('threads')}",
         f"- training store: `{train_cfg.get('train_store')}` (metagen `configs/metagen/train.toml`; rows subsampled per "

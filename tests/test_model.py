@@ -13,7 +13,7 @@ import torch
 from scipy.special import ndtr, ndtri
 
 from model.network import MIEstimator, ModelConfig, switch_inputs
-from model.preprocess import prepare_batch
+from model.preprocess import ksg_stats_slice, prepare_batch, set_statistics
 from model.quantiles import (
     apply_calibration,
     fit_calibration,
@@ -174,6 +174,9 @@ def test_switching_knn_on_starts_from_the_same_function_and_then_learns():
     assert new.row_embed[0].weight.grad[:, 3 * dim:].abs().sum() > 0
     ksg = 3 * dim + 1 + new.config.cca_top
     assert new.head[0].weight.grad[:, ksg:ksg + 2].abs().sum() > 0
+    # the layout switch_inputs relies on is the one set_statistics writes
+    stats = set_statistics(None, 0.7, 50, 2, 3, new.config.cca_top)
+    np.testing.assert_allclose(stats[ksg_stats_slice(new.config)], [0.7, np.log1p(0.7)])
     with pytest.raises(ValueError, match="not \\['dim'\\]"):
         switch_inputs(old, dim=8)
 
