@@ -2,6 +2,7 @@
 
     python -m eval.bench_speed [--n 1000] [--dim 5] [--repeats 7] [--batch 16]
                                [--threads 1] [--checkpoint PATH] [--skip-infonce] [--rounds 3]
+                               [--max-rows M]
 
 Times, in the same run on the same correlated-Gaussian sample: the model (one
 `predict_mi_quantiles` call, and the batch form `predict_mi_quantiles_batch` on --batch
@@ -9,6 +10,7 @@ sets, reported per set), KSG (k-d tree, k = 3), the Gaussian-copula baseline and
 at its default fixed budget. Each time is the median over --repeats calls (InfoNCE:
 --infonce-repeats) after one warm-up call; ratios are baseline time / model single-call
 time. If infer.py or its checkpoint cannot be used, says so and still times the baselines.
+--max-rows M times the model with `max_rows=M` (rows subsampled to M: faster at large n).
 
 On a shared machine a slow baseline's time drifts during the run (InfoNCE took 5-13 s
 per estimate on the same data on the 2-core development box). --rounds R (> 1) adds R
@@ -53,12 +55,13 @@ def correlated_gaussian(n: int, dim: int, rho: float, seed: int) -> tuple[np.nda
 
 
 def run_benchmark(n: int = 1000, dim: int = 5, repeats: int = 7, batch: int = 16, threads: int = 1,
-                  checkpoint: str | None = None, infonce: bool = True, infonce_repeats: int = 3) -> dict[str, float | str]:
+                  checkpoint: str | None = None, infonce: bool = True, infonce_repeats: int = 3,
+                  max_rows: int | str = "auto") -> dict[str, float | str]:
     """Time every estimator; returns {label: seconds per estimate} plus 'model_error' if the model failed."""
     torch.set_num_threads(threads)
     x, y = correlated_gaussian(n, dim, 0.6, seed=0)
     times: dict[str, float | str] = {}
-    model = ModelEstimator(checkpoint=checkpoint)
+    model = ModelEstimator(checkpoint=checkpoint, max_rows=max_rows)
     try:
         times["model (single call)"] = median_seconds(lambda: model.estimate_quantiles(x, y, LEVELS), repeats)
         pairs = [correlated_gaussian(n, dim, 0.6, seed=s) for s in range(batch)]
@@ -125,16 +128,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--skip-infonce", action="store_true")
+    p.add_argument("--max-rows", type=int, default=None, help="time the model with max_rows=M (default: the checkpoint's n_max)")
     p.add_argument("--rounds", type=int, default=1,
                    help="> 1: also alternate the model and InfoNCE this many rounds (ratios under the same conditions)")
     a = p.parse_args(argv)
     if a.rounds < 1:
         p.error("--rounds must be >= 1")
-    times = run_benchmark(a.n, a.dim, a.repeats, a.batch, a.threads, a.checkpoint, not a.skip_infonce, a.infonce_repeats)
+    max_rows = "auto" if a.max_rows is None else a.max_rows
+    times = run_benchmark(a.n, a.dim, a.repeats, a.batch, a.threads, a.checkpoint, not a.skip_infonce, a.infonce_repeats,
+                          max_rows)
     print(format_report(times, a.n, a.dim, a.threads))
     if a.rounds > 1 and not a.skip_infonce and "model_error" not in times:
         x, y = correlated_gaussian(a.n, a.dim, 0.6, seed=0)
-        model, est = ModelEstimator(checkpoint=a.checkpoint), InfoNCEEstimator()
+        model, est = ModelEstimator(checkpoint=a.checkpoint, max_rows=max_rows), InfoNCEEstimator()
         rounds = alternating_ratios(lambda: model.estimate_quantiles(x, y, LEVELS), lambda: est.estimate(x, y),
                                     a.rounds, a.repeats)
         print(format_rounds(rounds, f"infonce ({est.steps} steps, batch {est.batch_size})"))

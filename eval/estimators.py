@@ -37,6 +37,7 @@ class ModelEstimator:
     checkpoint: str | None = None
     device: str | None = None
     on_out_of_range: str | None = None  # passed to infer when set: "error", "warn" or "ignore"
+    max_rows: int | None | str = "auto"  # passed to infer when not "auto" (the checkpoint's n_max)
     name: str = "model"
     has_interval: bool = True
 
@@ -57,7 +58,8 @@ class ModelEstimator:
         return np.asarray(q, dtype=np.float64).reshape(len(pairs), -1)
 
     def _extra(self) -> dict:
-        return {} if self.on_out_of_range is None else {"on_out_of_range": self.on_out_of_range}
+        extra = {} if self.on_out_of_range is None else {"on_out_of_range": self.on_out_of_range}
+        return extra if self.max_rows == "auto" else {**extra, "max_rows": self.max_rows}
 
     def check_available(self) -> None:
         """Raise ModelUnavailable unless infer.py and the checkpoint answer a small Gaussian sample."""

@@ -268,7 +268,7 @@ def fake_infer(monkeypatch):
         return GaussianCopulaEstimator().estimate(x, y) * (0.5 + np.asarray(quantiles))
 
     def predict_batch(pairs, quantiles=(0.05, 0.5, 0.95), *, checkpoint=None, unit="nats", device=None, **kw):
-        return np.stack([predict(x, y, quantiles, checkpoint=checkpoint) for x, y in pairs])
+        return np.stack([predict(x, y, quantiles, checkpoint=checkpoint, **kw) for x, y in pairs])
 
     mod = types.SimpleNamespace(predict_mi_quantiles=predict, predict_mi_quantiles_batch=predict_batch)
     monkeypatch.setitem(sys.modules, "infer", mod)
@@ -313,6 +313,13 @@ def test_bench_speed_runs_with_and_without_model(fake_infer, monkeypatch):
     times = run_benchmark(n=200, dim=2, repeats=1, batch=2, threads=1, infonce=False)
     assert "no checkpoint" in times["model_error"] and "ksg (k-d tree, k=3)" in times
     assert "model not available" in format_report(times, 200, 2, 1)
+
+
+def test_bench_speed_passes_max_rows_to_the_model(fake_infer):
+    run_benchmark(n=200, dim=2, repeats=1, batch=2, threads=1, infonce=False, max_rows=50)
+    assert fake_infer["single"][2] == {"max_rows": 50}
+    run_benchmark(n=200, dim=2, repeats=1, batch=2, threads=1, infonce=False)
+    assert fake_infer["single"][2] == {}                     # "auto": infer's own default
 
 
 def test_alternating_ratios_compare_under_the_same_conditions():
