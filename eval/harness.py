@@ -15,7 +15,8 @@ Writes to --out:
     comparison.png all estimators together
 
 Groups: family, transform, n (exact values if the store uses at most 8, else <=50,
-51-200, 201-700, 701-2000, >2000), dims (max(dx, dy) <=5, 6-25, >25), true MI bin
+51-200, 201-700, 701-2000, >2000), dims (max(dx, dy) <=5, 6-25, >25), rows per
+dimension (n / (dx + dy) <=3, 3-10, >10: "<=3" are the near-minimum sets), true MI bin
 (0, (0,1], (1,3], (3,8], (8,35], >35) and the family groups embeddings, spirals,
 flows, heavy_tails, dims>25. Point estimators (no interval) get no coverage scores.
 An estimator that raises on a set is recorded as a failure (NaN) and the run goes on.
@@ -45,7 +46,7 @@ from .baselines import Estimator
 from .sources import SetSource, StoreSource
 
 MAX_FIXED_N = 8
-GROUP_KINDS: tuple[str, ...] = ("family", "transform", "n", "dims", "mi", "family_group")
+GROUP_KINDS: tuple[str, ...] = ("family", "transform", "n", "dims", "rows_per_dim", "mi", "family_group")
 
 
 def fixed_n_values(ns: Sequence[int]) -> list[int] | None:
@@ -87,6 +88,7 @@ def group_labels(info, fixed_n: list[int] | None) -> dict[str, list[str]]:
         "transform": [info.transform],
         "n": [metrics.n_bucket(info.n, fixed_n)],
         "dims": [metrics.dims_bucket(info.dx, info.dy)],
+        "rows_per_dim": [metrics.rows_per_dim_bucket(info.n, info.dx, info.dy)],
         "mi": [metrics.mi_bin(info.mi)],
         "family_group": metrics.family_groups(info.family, info.transform, info.dx, info.dy),
     }
@@ -174,7 +176,8 @@ def run_estimators(
 
 
 def _label_order(kind: str, labels: set[str]) -> list[str]:
-    tables = {"n": metrics.N_BUCKETS, "dims": metrics.DIMS_BUCKETS, "mi": metrics.MI_BINS}
+    tables = {"n": metrics.N_BUCKETS, "dims": metrics.DIMS_BUCKETS, "rows_per_dim": metrics.ROWS_PER_DIM_BUCKETS,
+              "mi": metrics.MI_BINS}
     if kind == "n" and all(lab.isdigit() for lab in labels):
         return sorted(labels, key=int)
     if kind in tables:
@@ -260,7 +263,7 @@ def results_markdown(results: dict) -> str:
         _OVERALL_HEADER,
     ]
     lines += [_overall_row(name, e["overall"], e["has_interval"]) for name, e in est.items()]
-    titles = {"family": "family", "transform": "transform", "n": "n", "dims": "max(dx, dy)", "mi": "true MI (nats)", "family_group": "family group"}
+    titles = {"family": "family", "transform": "transform", "n": "n", "dims": "max(dx, dy)", "rows_per_dim": "n / (dx + dy)", "mi": "true MI (nats)", "family_group": "family group"}
     for kind in GROUP_KINDS:
         lines += ["", f"## By {titles[kind]}", "", _OVERALL_HEADER.replace("| estimator |", f"| {titles[kind]} | estimator |", 1).replace("|---|", "|---|---|", 1)]
         labels = list(next(iter(est.values()))["groups"][kind]) if est else []

@@ -20,6 +20,8 @@ DEFAULT_LEVELS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 2
 
 N_BUCKETS: tuple[tuple[str, float], ...] = (("<=50", 50), ("51-200", 200), ("201-700", 700), ("701-2000", 2000), (">2000", math.inf))
 DIMS_BUCKETS: tuple[tuple[str, float], ...] = (("<=5", 5), ("6-25", 25), (">25", math.inf))
+# n / (dx + dy): "<=3" holds the near-minimum sets of the test configs (n barely above dx + dy)
+ROWS_PER_DIM_BUCKETS: tuple[tuple[str, float], ...] = (("<=3", 3.0), ("3-10", 10.0), (">10", math.inf))
 MI_BINS: tuple[tuple[str, float], ...] = (("0", 0.0), ("(0,1]", 1.0), ("(1,3]", 3.0), ("(3,8]", 8.0), ("(8,35]", 35.0), (">35", math.inf))
 FAMILY_GROUPS: tuple[str, ...] = ("embeddings", "spirals", "flows", "heavy_tails", "dims>25")
 
@@ -41,6 +43,11 @@ def n_bucket(n: int, fixed_values: Sequence[int] | None = None) -> str:
 def dims_bucket(dx: int, dy: int) -> str:
     """Label of max(dx, dy): '<=5', '6-25' or '>25'."""
     return _bucket(max(dx, dy), DIMS_BUCKETS)
+
+
+def rows_per_dim_bucket(n: int, dx: int, dy: int) -> str:
+    """Label of n / (dx + dy), samples per dimension: '<=3', '3-10' or '>10'."""
+    return _bucket(n / (dx + dy), ROWS_PER_DIM_BUCKETS)
 
 
 def mi_bin(mi: float) -> str:

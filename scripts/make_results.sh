@@ -18,8 +18,11 @@ LIMIT=${MAX_SETS:+--max-sets $MAX_SETS}     # MAX_SETS=12 for a quick dry run
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 mkdir -p "$OUT"
 
-for b in bench_id bench_ood; do
+for b in bench_id bench_ood; do   # n fixed to 100 / 500 / 1,000: the per-n comparisons
     $PY -m metagen generate --config configs/metagen/$b.toml --out "$S/${b/_/-}" --no-progress
+done
+for b in test_id test_ood; do     # n from 10 to 5,000, a quarter barely above dx + dy: what users meet
+    $PY -m metagen generate --config configs/metagen/$b.toml --out "$S/${b/_/-}" --num-sets 2000 --no-progress
 done
 [ -d "$TRAIN_STORE" ] || { echo "make_results.sh: the train_mean floor needs the training store $TRAIN_STORE (README, 'Rebuilding')"; exit 2; }
 
@@ -36,6 +39,10 @@ for b in bench-id bench-ood; do
     # slow estimators on a stratified subset: bootstrap intervals for KSG and InfoNCE at its default budget
     $PY -m eval.harness --store "$S/$b" --out "$OUT/$b-subset" --checkpoint "$CKPT" \
         --estimators model,ksg_boot,infonce --max-sets ${MAX_SETS:-30} --n-boot 30 --threads 1 --no-progress $(reuse "$OUT/$b-subset") > /dev/null
+done
+for b in test-id test-ood; do
+    $PY -m eval.harness --store "$S/$b" --out "$OUT/$b" --checkpoint "$CKPT" \
+        --estimators model,ksg,gaussian,train_mean --train-store "$TRAIN_STORE" --threads 1 --no-progress $LIMIT $(reuse "$OUT/$b") > /dev/null
 done
 $PY -m eval.bench_speed --threads 1 --rounds 3 --checkpoint "$CKPT" | tee "$OUT/speed.txt"
 $PY scripts/results_tables.py "$OUT" > "$OUT/SUMMARY.md"

@@ -4,7 +4,8 @@
 
 Reads ``<dir>/<store>/results.json`` for every store folder the harness wrote
 (``scripts/make_results.sh`` makes them) and prints, per store: the overall table,
-MAE per n, MAE per family group, bias per MI bin, the ratio of the model's MAE
+MAE per n, the model's interval coverage per n, MAE per family group, per dimension
+range and per samples-per-dimension range, bias per MI bin, the ratio of the model's MAE
 to the better classical baseline's, and the model's 90% interval width per n within
 each true-MI bin (a store draws MI and n independently, so the plain width per n mixes
 in how many high-MI sets each n happened to get; within a bin it does not). Every
@@ -73,23 +74,40 @@ def _ratio(r: dict) -> list[str]:
     return rows
 
 
+def _n_header(label: str) -> str:
+    return f"n = {label}" if label.isdigit() else f"n {label}"
+
+
 def _width_by_mi_and_n(r: dict, coverage: float = 0.9) -> list[str]:
-    """Mean width (nats) of the model's central interval per true-MI bin (rows) and n (columns)."""
+    """Mean width (nats) of the model's central interval per true-MI bin (rows) and n group (columns)."""
     sets = [s for s in r["sets"] if s["predictions"].get("model", {}).get("quantiles")]
     if not sets:
         return []
-    ns = sorted({s["n"] for s in sets})
+    order_n = list(r["estimators"]["model"]["groups"].get("n", {}))
+    ns = [k for k in order_n if any(s["groups"]["n"][0] == k for s in sets)]
     lo, hi = central_interval(r["levels"], np.asarray([s["predictions"]["model"]["quantiles"] for s in sets]), coverage)
-    bins: dict[str, dict[int, list[float]]] = {}
+    bins: dict[str, dict[str, list[float]]] = {}
     for s, width in zip(sets, hi - lo):
         for key in (s["groups"]["mi"][0], "all"):
-            bins.setdefault(key, {}).setdefault(s["n"], []).append(float(width))
+            bins.setdefault(key, {}).setdefault(s["groups"]["n"][0], []).append(float(width))
     order = [label for label, _ in MI_BINS if label in bins] + ["all"]
-    rows = ["| true MI | " + " | ".join(f"n = {n}" for n in ns) + " |", "|---|" + "---:|" * len(ns)]
+    rows = ["| true MI | " + " | ".join(_n_header(n) for n in ns) + " |", "|---|" + "---:|" * len(ns)]
     for key in order:
         per_n = bins[key]
         cells = [f"{np.mean(per_n[n]):.2f} ({len(per_n[n])})" if n in per_n else "-" for n in ns]
         rows.append(f"| {key} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _coverage_by(r: dict, group: str, title: str) -> list[str]:
+    """The model's central 50% / 90% coverage and mean 90% width (nats) per label of `group`."""
+    groups = r["estimators"].get("model", {}).get("groups", {}).get(group, {})
+    if not groups or r["estimators"]["model"]["overall"].get("coverage") is None:
+        return []
+    rows = [f"| {title} | sets | cov50 | cov90 | width90 |", "|---|---:|---:|---:|---:|"]
+    for k, g in groups.items():
+        cov, width = g.get("coverage") or {}, g.get("width") or {}
+        rows.append(f"| {k} | {g['count']} | {_f(cov.get('50'))} | {_f(cov.get('90'))} | {_f(width.get('90'))} |")
     return rows
 
 
@@ -105,13 +123,19 @@ def main(argv: list[str] | None = None) -> int:
             if ratio:
                 out += ["Model vs baselines per n:", "", *ratio, ""]
             out += ["MAE per n:", "", *_by(r, "n", "mae", "n"), ""]
+            cov = [] if sub.name.endswith("-subset") else _coverage_by(r, "n", "n")
+            if cov:
+                out += ["Model's interval coverage per n:", "", *cov, ""]
             width = _width_by_mi_and_n(r)
             if width and not sub.name.endswith("-subset"):
                 out += ["Model's 90% interval width per n within each true-MI bin, nats (sets):", "", *width, ""]
         if not sub.name.endswith("-subset"):
             out += ["MAE per family group:", "", *_by(r, "family_group", "mae", "group"), "",
-                    "MAE per dims (max(dx, dy)):", "", *_by(r, "dims", "mae", "dims"), "",
-                    "Bias (estimate - truth) per MI bin, nats:", "", *_by(r, "mi", "bias", "true MI"), ""]
+                    "MAE per dims (max(dx, dy)):", "", *_by(r, "dims", "mae", "dims"), ""]
+            if "rows_per_dim" in next(iter(r["estimators"].values()))["groups"]:  # results.json before it had none
+                out += ["MAE per samples per dimension (n / (dx + dy); <=3: the near-minimum sets):", "",
+                        *_by(r, "rows_per_dim", "mae", "n / (dx + dy)"), ""]
+            out += ["Bias (estimate - truth) per MI bin, nats:", "", *_by(r, "mi", "bias", "true MI"), ""]
     print("\n".join(out))
     return 0
 

@@ -82,6 +82,9 @@ def test_buckets_and_groups():
         "<=50", "<=50", "51-200", "201-700", "701-2000", ">2000"]
     assert metrics.n_bucket(300, fixed_values=[100, 300]) == "300"
     assert [metrics.dims_bucket(*d) for d in ((1, 5), (6, 2), (25, 25), (3, 26))] == ["<=5", "6-25", "6-25", ">25"]
+    # n / (dx + dy): 12 / 4 = 3 is still near-minimum, 13 / 4 is not; 100 / 10 = 10 is "3-10"
+    assert [metrics.rows_per_dim_bucket(*t) for t in ((12, 2, 2), (13, 2, 2), (100, 5, 5), (101, 5, 5))] == [
+        "<=3", "3-10", "3-10", ">10"]
     assert metrics.family_groups("student_t", "swiss_roll", 30, 2) == ["embeddings", "heavy_tails", "dims>25"]
     assert metrics.family_groups("gaussian", "flow_coupling", 2, 2) == ["flows"]
     assert metrics.family_groups("gaussian", "spiral", 2, 2) == ["spirals"]

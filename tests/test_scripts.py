@@ -68,3 +68,31 @@ def test_results_tables_width_per_n_within_mi_bins(tmp_path):
         "| (3,8] | 10.00 (1) | 3.00 (1) |",
         "| all | 5.33 (3) | 2.00 (2) |",        # (4 + 2 + 10) / 3, (1 + 3) / 2
     ]
+
+
+def test_results_tables_bucketed_n_coverage_and_rows_per_dim(tmp_path):
+    # A store with many distinct n: the harness labels them by range; columns follow the
+    # harness's label order, and the coverage / rows-per-dimension tables echo its summaries.
+    sets = [_result_set(20, 0.5, "(0,1]", 0.0, 4.0), _result_set(3000, 0.6, "(0,1]", 0.0, 1.0),
+            _result_set(40, 5.0, "(3,8]", 2.0, 12.0)]
+    for s, label in zip(sets, ("<=50", ">2000", "<=50")):
+        s["groups"]["n"] = [label]
+    summary = {"count": 2, "mae": 1.0, "coverage": {"50": 0.5, "90": 1.0}, "width": {"90": 7.0}}
+    results = {"config": {"command": "hand-written"}, "levels": [round(0.05 * k, 2) for k in range(1, 20)],
+               "num_sets": len(sets), "sets": sets,
+               "estimators": {"model": {"has_interval": True,
+                                        "overall": {"count": 3, "mae": 1.0, "rmse": 1.0, "bias": 0.0,
+                                                    "coverage": {"50": 0.5}, "width": {"90": 1.0}},
+                                        "groups": {"n": {"<=50": summary, ">2000": {**summary, "count": 1}},
+                                                   "rows_per_dim": {"<=3": {"count": 1, "mae": 2.5}},
+                                                   "family_group": {}, "dims": {}, "mi": {}}}}}
+    (tmp_path / "test-x").mkdir()
+    (tmp_path / "test-x" / "results.json").write_text(json.dumps(results))
+    r = _run(str(tmp_path), script="results_tables.py")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    start = lines.index("| true MI | n <=50 | n >2000 |")
+    assert lines[start + 2:start + 5] == ["| (0,1] | 4.00 (1) | 1.00 (1) |", "| (3,8] | 10.00 (1) | - |",
+                                          "| all | 7.00 (2) | 1.00 (1) |"]
+    assert "| <=50 | 2 | 0.50 | 1.00 | 7.00 |" in lines and "| >2000 | 1 | 0.50 | 1.00 | 7.00 |" in lines
+    assert "| <=3 | 1 | 2.50 |" in lines
