@@ -2,7 +2,7 @@
 # Reproduce the README's results: build the benchmark stores (if missing), score the
 # shipped checkpoint against the baselines with the eval harness, time them, and
 # rewrite the model card.
-#   bash scripts/make_results.sh                 # all of it (~30-60 min on 2 cores)
+#   bash scripts/make_results.sh                 # all of it (~1-1.5 h on 2 cores; KSG at n = 5,000 is most of the test stores)
 #   CHECKPOINT=runs/x/best.safetensors RESULTS_DIR=/tmp/r bash scripts/make_results.sh
 #   REUSE=1 bash scripts/make_results.sh         # new checkpoint: copy the baselines' per-set results
 #                                                # from the previous run's results.json (minutes, not an hour)

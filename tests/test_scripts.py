@@ -48,20 +48,25 @@ def _result_set(n: int, mi: float, mi_bin: str, lo: float, hi: float) -> dict:
             "predictions": {"model": {"quantiles": quantiles, "point": quantiles[9]}}}
 
 
+def _tables_of(tmp_path, store: str, sets: list[dict], model: dict) -> list[str]:
+    """Write one hand-made results.json (the model's summaries given) and return results_tables' lines."""
+    results = {"config": {"command": "hand-written"}, "levels": [round(0.05 * k, 2) for k in range(1, 20)],
+               "num_sets": len(sets), "sets": sets, "estimators": {"model": {"has_interval": True, **model}}}
+    (tmp_path / store).mkdir()
+    (tmp_path / store / "results.json").write_text(json.dumps(results))
+    r = _run(str(tmp_path), script="results_tables.py")
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
 def test_results_tables_width_per_n_within_mi_bins(tmp_path):
     # Two n, two MI bins; the widths (hi - lo) are chosen by hand, so each cell's mean is known.
     sets = [_result_set(100, 0.5, "(0,1]", 0.0, 4.0), _result_set(100, 0.7, "(0,1]", 1.0, 3.0),
             _result_set(500, 0.6, "(0,1]", 0.0, 1.0), _result_set(100, 5.0, "(3,8]", 2.0, 12.0),
             _result_set(500, 4.0, "(3,8]", 3.0, 6.0)]
-    results = {"config": {"command": "hand-written"}, "levels": [round(0.05 * k, 2) for k in range(1, 20)],
-               "num_sets": len(sets), "sets": sets,
-               "estimators": {"model": {"has_interval": True, "overall": {"count": 5, "mae": 1.0, "rmse": 1.0, "bias": 0.0},
-                                        "groups": {"n": {"100": {"count": 3, "mae": 1.0}, "500": {"count": 2, "mae": 1.0}}}}}}
-    (tmp_path / "store").mkdir()
-    (tmp_path / "store" / "results.json").write_text(json.dumps(results))
-    r = _run(str(tmp_path), script="results_tables.py")
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
+    lines = _tables_of(tmp_path, "store", sets, {
+        "overall": {"count": 5, "mae": 1.0, "rmse": 1.0, "bias": 0.0},
+        "groups": {"n": {"100": {"count": 3, "mae": 1.0}, "500": {"count": 2, "mae": 1.0}}}})
     start = lines.index("| true MI | n = 100 | n = 500 |")
     assert lines[start + 2:start + 5] == [
         "| (0,1] | 3.00 (2) | 1.00 (1) |",      # (4 + 2) / 2, then 1
@@ -78,19 +83,10 @@ def test_results_tables_bucketed_n_coverage_and_rows_per_dim(tmp_path):
     for s, label in zip(sets, ("<=50", ">2000", "<=50")):
         s["groups"]["n"] = [label]
     summary = {"count": 2, "mae": 1.0, "coverage": {"50": 0.5, "90": 1.0}, "width": {"90": 7.0}}
-    results = {"config": {"command": "hand-written"}, "levels": [round(0.05 * k, 2) for k in range(1, 20)],
-               "num_sets": len(sets), "sets": sets,
-               "estimators": {"model": {"has_interval": True,
-                                        "overall": {"count": 3, "mae": 1.0, "rmse": 1.0, "bias": 0.0,
-                                                    "coverage": {"50": 0.5}, "width": {"90": 1.0}},
-                                        "groups": {"n": {"<=50": summary, ">2000": {**summary, "count": 1}},
-                                                   "rows_per_dim": {"<=3": {"count": 1, "mae": 2.5}},
-                                                   "family_group": {}, "dims": {}, "mi": {}}}}}
-    (tmp_path / "test-x").mkdir()
-    (tmp_path / "test-x" / "results.json").write_text(json.dumps(results))
-    r = _run(str(tmp_path), script="results_tables.py")
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
+    lines = _tables_of(tmp_path, "test-x", sets, {
+        "overall": {"count": 3, "mae": 1.0, "rmse": 1.0, "bias": 0.0, "coverage": {"50": 0.5}, "width": {"90": 1.0}},
+        "groups": {"n": {"<=50": summary, ">2000": {**summary, "count": 1}},
+                   "rows_per_dim": {"<=3": {"count": 1, "mae": 2.5}}, "family_group": {}, "dims": {}, "mi": {}}})
     start = lines.index("| true MI | n <=50 | n >2000 |")
     assert lines[start + 2:start + 5] == ["| (0,1] | 4.00 (1) | 1.00 (1) |", "| (3,8] | 10.00 (1) | - |",
                                           "| all | 7.00 (2) | 1.00 (1) |"]
