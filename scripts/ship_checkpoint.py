@@ -86,13 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.calib_groups == "dims":
             groups = np.array([dims_bucket(int(store.dx[i]), int(store.dy[i])) for i in idx])
         offsets = fit_calibration(grid, target, levels, groups=groups)
+        cal = apply_calibration(grid, offsets)
         before = (target[:, None] <= grid).mean(0)
-        after = (target[:, None] <= apply_calibration(grid, offsets)).mean(0)
+        after = (target[:, None] <= cal).mean(0)
         print("level   coverage before -> after (calibration store, %d sets)" % len(idx))
         for lv, b, a in zip(levels, before, after):
             print(f"{lv:6.3f}  {b:6.3f} -> {a:6.3f}")
         if groups is not None:
-            cal = apply_calibration(grid, offsets)
             for g in np.unique(groups):
                 sel = groups == g
                 inside, _ = interval_scores(levels, cal[sel], target[sel], 0.9)
