@@ -339,11 +339,14 @@ def _knn_workspace() -> tuple[torch.Tensor, np.ndarray]:
 
     The kNN step needs a few 1 MiB temporaries per call; fresh ones are new pages every
     time (the allocator hands big blocks back to the OS), and the page faults cost more
-    than the arithmetic. Reusing one workspace per thread keeps them warm.
+    than the arithmetic. Reusing one workspace per thread keeps them warm. The buffers
+    are made outside inference mode, so a first call under ``torch.inference_mode()``
+    (prediction) does not leave inference tensors that a later training step could not write.
     """
     ws = getattr(_WORKSPACE, "buffers", None)
     if ws is None:
-        ws = (torch.empty((4 + _DIFF_BLOCKS, _BLOCK), dtype=torch.float32), np.empty(_BLOCK, dtype=bool))
+        with torch.inference_mode(False):
+            ws = (torch.empty((4 + _DIFF_BLOCKS, _BLOCK), dtype=torch.float32), np.empty(_BLOCK, dtype=bool))
         _WORKSPACE.buffers = ws
     return ws
 

@@ -129,6 +129,35 @@ def test_knn_statistics_match_brute_force_ksg():
     assert mean == pytest.approx(expected.mean(), abs=1e-5)
 
 
+def test_knn_workspace_first_made_under_inference_mode_serves_training_calls():
+    """The kNN step keeps per-thread buffers: made first during a prediction (inference
+    mode), they must still be writable by a later training call in the same thread."""
+    import threading
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(120, 1))
+    y = x + rng.normal(size=(120, 1))
+    z = np.column_stack([normal_scores(x), normal_scores(y)]).astype(np.float32).astype(np.float64)
+    expected = _ksg_brute(z, 1, 3)
+    got, errors = [], []
+
+    def fresh_thread():          # a new thread has no workspace yet
+        try:
+            with torch.inference_mode():
+                got.append(knn_statistics(z, 1, np.arange(120), 3)[0][:, 0])
+            got.append(knn_statistics(z, 1, np.arange(120), 3)[0][:, 0])
+        except Exception as exc:  # noqa: BLE001 - re-raised in the test's thread below
+            errors.append(exc)
+
+    t = threading.Thread(target=fresh_thread)
+    t.start()
+    t.join()
+    assert not errors, errors
+    assert len(got) == 2
+    for feats in got:
+        np.testing.assert_allclose(feats, expected, atol=1e-4)
+
+
 def test_ksg_mean_is_close_to_the_true_gaussian_mi():
     rng = np.random.default_rng(6)
     rho, n = 0.8, 500

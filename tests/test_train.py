@@ -222,6 +222,51 @@ def test_stream_batches_are_fresh_and_pure():
     assert np.allclose(a.mi, [t.mi for t in ds.tasks(2)])
 
 
+@pytest.mark.parametrize("workers,group", [(1, 8), (3, 1), (3, 4), (4, 3)])
+def test_worker_order_is_a_permutation_that_keeps_groups_on_one_worker(workers, group):
+    from training.data import worker_order
+
+    window = max(1, workers) * group
+    for start in (0, 5, 2 * window):                 # a resumed loader starts anywhere
+        served = [worker_order(p, workers, group) for p in range(start, start + 3 * window)]
+        whole = range(start - start % window, start - start % window + 3 * window)
+        assert len(set(served)) == len(served) and set(served) <= set(range(whole.start, whole.stop + window))
+        if start % window == 0:
+            assert sorted(served) == list(whole)     # whole windows: exactly these batches
+        for w in range(workers):                     # what loader worker w serves (k % workers == w)
+            mine = served[w::workers]
+            per_window = {}
+            for m in mine:
+                per_window.setdefault((m // window), set()).add(m // group)
+            assert all(len(groups) == 1 for groups in per_window.values())   # one drawing group each
+    if workers == 1 or group == 1:
+        assert [worker_order(p, workers, group) for p in range(20)] == list(range(20))
+
+
+def test_stream_loader_with_workers_draws_each_group_once(monkeypatch):
+    """Two workers, pool 3: the loader serves micro-batches 0..11 once each, and each
+    worker's dataset copy draws each of its groups once (counted in the batches it returns)."""
+    from model.network import ModelConfig
+    from training.config import TrainConfig
+    from training.data import StreamBatches, make_loader
+
+    class Counting(StreamBatches):
+        def __getitem__(self, m):
+            fresh = self._group_cache is None or self._group_cache[0] != int(m) // self.pool
+            tb = super().__getitem__(m)
+            tb.fingerprint = f"{m}:{int(fresh)}"
+            return tb
+
+    cfg = TrainConfig(batch_size=2, stream_pool=3, n_train_min=8, n_train_max=16, seed=3)
+    ds = Counting(str(GEN_CONFIG), cfg, ModelConfig(), 0, 1)
+    got = [tb.fingerprint.split(":") for tb in make_loader(ds, 0, 12, 2)]
+    served = [int(m) for m, _ in got]
+    assert sorted(served) == list(range(12)) and served != list(range(12))
+    assert sum(int(fresh) for _, fresh in got) == 12 // 3                  # 4 groups, 4 draws
+    ref = StreamBatches(str(GEN_CONFIG), cfg, ModelConfig(), 0, 1)
+    assert [np.allclose(tb.mi, ref[int(m)].mi) for tb, (m, _) in zip(make_loader(ds, 0, 12, 2), got)] == [True] * 12
+
+
 # ----------------------------------------------------------------------------- end to end
 def test_end_to_end_loss_falls_and_checkpoint_loads(stores, tmp_path):
     out = tmp_path / "run"

@@ -14,8 +14,10 @@ the same data as an uninterrupted one, and processes see disjoint data:
   ``(g * P + p) * B * pool + j`` (disjoint everywhere), sorts them by dx + dy and cuts
   them into ``pool`` batches of similar dimensions, served in an order shuffled by
   (seed, g, p). Every drawn task is used once (drawing costs ~20 ms a task, mostly the
-  Monte Carlo MI of mixtures, ten times the sampling); a worker serving part of a group
-  draws the whole group, so with w workers up to min(w, pool) times the draws are made.
+  Monte Carlo MI of mixtures, ten times the sampling). A worker serving part of a group
+  draws the whole group, so ``make_loader`` sends the micro-batches of a group to one
+  worker (``worker_order``): each group is drawn once, whatever the number of workers,
+  and the order of the batches depends on the number of workers (their content does not).
 
 All sets of a batch are then subsampled to one n' drawn log-uniformly between
 ``n_train_min`` and ``min(n_train_max, min n_i)``; taking a random subset of rows keeps
@@ -256,15 +258,53 @@ def _worker_init(_worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def make_loader(dataset: Dataset, start: int, stop: int, num_workers: int) -> DataLoader:
-    """DataLoader yielding ``dataset[m]`` for m = start .. stop - 1, in order.
+def worker_order(position: int, num_workers: int, group: int) -> int:
+    """The micro-batch index m served at loader position ``position``.
 
+    The DataLoader hands position k to worker k % num_workers. Micro-batches that share a
+    drawing group (``group`` consecutive indices, ``StreamBatches.pool``) should reach one
+    worker, which then draws the group once: positions are taken in windows of
+    ``num_workers * group``, and position ``base + i`` of a window serves
+    ``m = base + (i % num_workers) * group + i // num_workers``. Each window is a
+    permutation of its own indices, so every micro-batch is still served exactly once.
+    With one worker or ``group`` 1 the order is the identity.
+    """
+    if num_workers <= 1 or group <= 1:
+        return int(position)
+    window = num_workers * group
+    base, i = divmod(int(position), window)
+    return base * window + (i % num_workers) * group + i // num_workers
+
+
+@dataclass(frozen=True)
+class _Positions:
+    """Lazy sampler: ``worker_order`` of the positions start .. stop - 1."""
+
+    start: int
+    stop: int
+    num_workers: int
+    group: int
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        return (worker_order(p, self.num_workers, self.group) for p in range(self.start, self.stop))
+
+
+def make_loader(dataset: Dataset, start: int, stop: int, num_workers: int) -> DataLoader:
+    """DataLoader over loader positions start .. stop - 1 (yields one TrainBatch per position).
+
+    Position p serves ``dataset[worker_order(p, num_workers, group)]``, where group is the
+    dataset's ``pool`` (streamed sets) or 1 (stores: the identity order), so a resumed
+    run with the same number of workers sees the same batches in the same order.
     Workers run with one torch thread each; the loader never collates (items are batches).
     """
+    group = int(getattr(dataset, "pool", 1))
     return DataLoader(
         dataset,
         batch_size=None,
-        sampler=range(start, stop),
+        sampler=_Positions(start, stop, num_workers, group),
         num_workers=num_workers,
         collate_fn=_identity,
         worker_init_fn=_worker_init if num_workers > 0 else None,
