@@ -9,7 +9,7 @@ at n = 1000, dx = dy = 5; once per thread count.
     .venv/bin/python scripts/bench_model.py                       # default config, 1 and 2 threads
     .venv/bin/python scripts/bench_model.py --threads 1 --quick   # fewer sizes
     .venv/bin/python scripts/bench_model.py --set cell_rows=32 --set use_knn=false
-    python scripts/bench_model.py --device cuda --bf16 --batch 128 --sizes 500x16,2000x16 --threads 1
+    python scripts/bench_model.py --device cuda --precision fp32,bf16 --batch 128 --sizes 500x16,2000x16 --threads 1
 
 On a GPU (``--device cuda``) preprocessing stays on the CPU (as in training, where the
 DataLoader workers do it) and the 'step sets/s' column times forward + backward + step
@@ -49,49 +49,57 @@ def _peak_rss_mb() -> float:
 
 def train_throughput(
     config: ModelConfig, n: int, dx: int, dy: int, batch: int, steps: int,
-    device: str = "cpu", bf16: bool = False,
-) -> tuple[float, float, float, float, float]:
-    """(sets/s wall, sets/s from process CPU time, step-only sets/s, preprocessing s/step, peak memory MB).
+    device: str = "cpu", precisions: tuple[str, ...] = ("fp32",),
+) -> dict[str, tuple[float, float, float, float, float]]:
+    """Per precision: (sets/s wall, sets/s from process CPU time, step-only sets/s, preprocessing s/step, peak memory MB).
 
-    CPU-time throughput is the fair number on a shared machine with one thread (it
-    excludes time spent waiting for a core); with several threads use the wall number.
-    Step-only excludes the preprocessing (CPU) and, on a GPU, waits for the device.
-    Peak memory is the process's RSS on CPU and the allocator's peak on a GPU.
+    Two batches are preprocessed once (timed: the loader's share) and then trained on in
+    turn for ``steps`` timed steps after one warm-up step (forward + pinball loss +
+    backward + Adam; on a GPU the clock waits for the device). Whole-step rates add the
+    median preprocessing time to the median step time. CPU-time throughput is the fair
+    number on a shared machine with one thread (it excludes time spent waiting for a
+    core); with several threads use the wall number. Peak memory is the process's RSS on
+    CPU and the allocator's peak on a GPU. Precision "bf16" runs the forward under bf16
+    autocast, as ``train.py`` with ``mixed_precision = "bf16"``.
     """
-    torch.manual_seed(0)
     dev = torch.device(device)
-    model = MIEstimator(config).to(dev).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    levels = torch.tensor(config.quantile_levels, device=dev)
-    rng = np.random.default_rng(0)
-    data = [_sets(batch, n, dx, dy, rng) for _ in range(2)]
-    target = torch.rand(batch, device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    times, cpu, prep, step_only = [], [], [], []
-    for step in range(steps + 1):
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        b = prepare_batch(data[step % 2], config, rng=rng).to(dev)
+    rng = np.random.default_rng(0)
+    prepared, prep_wall, prep_cpu = [], [], []
+    for _ in range(2):
+        sets = _sets(batch, n, dx, dy, rng)
+        c0, t0 = time.process_time(), time.perf_counter()
+        prepared.append(prepare_batch(sets, config, rng=rng).to(dev))
         sync()
-        t1 = time.perf_counter()
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = model(b)
-        loss = pinball_loss(pred.float(), target, levels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sync()
-        t2 = time.perf_counter()
-        if step:  # first step is warm-up
-            times.append(t2 - t0)
-            cpu.append(time.process_time() - c0)
-            prep.append(t1 - t0)
-            step_only.append(t2 - t1)
-    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _peak_rss_mb()
-    return (batch / statistics.median(times), batch / statistics.median(cpu), batch / statistics.median(step_only),
-            statistics.median(prep), peak)
+        prep_wall.append(time.perf_counter() - t0)
+        prep_cpu.append(time.process_time() - c0)
+    out = {}
+    for precision in precisions:
+        torch.manual_seed(0)
+        model = MIEstimator(config).to(dev).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        levels = torch.tensor(config.quantile_levels, device=dev)
+        target = torch.rand(batch, device=dev)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        wall, cpu = [], []
+        for step in range(steps + 1):
+            c0, t0 = time.process_time(), time.perf_counter()
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                pred = model(prepared[step % 2])
+            loss = pinball_loss(pred.float(), target, levels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sync()
+            if step:  # first step is warm-up
+                wall.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+        peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _peak_rss_mb()
+        step_wall, prep = statistics.median(wall), statistics.median(prep_wall)
+        out[precision] = (batch / (prep + step_wall), batch / (statistics.median(prep_cpu) + statistics.median(cpu)),
+                          batch / step_wall, prep, peak)
+    return out
 
 
 def forward_time(config: ModelConfig, n: int, dx: int, dy: int, repeats: int) -> tuple[float, float]:
@@ -139,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-train", action="store_true", help="only the forward time")
     p.add_argument("--sizes", default=None, help="comma-separated NxD (n rows x dx+dy), e.g. 500x16,2000x16")
     p.add_argument("--device", default="cpu", help="torch device of the training steps (cpu, cuda)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast in the training steps")
+    p.add_argument("--precision", default="fp32", help="comma-separated: fp32 and/or bf16 (autocast) training steps")
     args = p.parse_args(argv)
 
     config = ModelConfig(**_parse_overrides(args.set))
@@ -157,7 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.device != "cpu" and not torch.device(args.device).type == "cuda" or (
             args.device != "cpu" and not torch.cuda.is_available()):
         p.error(f"--device {args.device!r}: only cpu, or cuda when a GPU is visible")
-    print(f"training steps on {args.device}{' with bf16 autocast' if args.bf16 else ''}, batch {args.batch}")
+    precisions = tuple(args.precision.split(","))
+    if not set(precisions) <= {"fp32", "bf16"}:
+        p.error(f"--precision takes fp32 and/or bf16, got {args.precision!r}")
+    print(f"training steps on {args.device} ({', '.join(precisions)}), batch {args.batch}")
     for threads in args.threads:
         torch.set_num_threads(threads)
         print(f"\n== {threads} thread(s) ==")
@@ -166,13 +177,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.no_train:
             continue
         mem = "peak GPU MB" if args.device != "cpu" else "peak RSS MB"
-        print(f"{'n':>6} {'dx+dy':>6} {'sets/s':>8} {'sets/s CPU':>10} {'step sets/s':>11} {'prep s/step':>11} {mem:>12}")
+        print(f"{'n':>6} {'dx+dy':>6} {'prec':>5} {'sets/s':>8} {'sets/s CPU':>10} {'step sets/s':>11} "
+              f"{'prep s/batch':>12} {mem:>12}")
         for n, d in sizes:
             steps = args.steps if n * d <= 16000 else max(1, args.steps - 1)
-            rate, rate_cpu, rate_step, prep, peak = train_throughput(
-                config, n, d // 2, d - d // 2, args.batch, steps, args.device, args.bf16)
-            print(f"{n:>6} {d:>6} {rate:>8.1f} {rate_cpu:>10.1f} {rate_step:>11.1f} {prep:>11.3f} {peak:>12.0f}",
-                  flush=True)
+            rates = train_throughput(config, n, d // 2, d - d // 2, args.batch, steps, args.device, precisions)
+            for precision, (rate, rate_cpu, rate_step, prep, peak) in rates.items():
+                print(f"{n:>6} {d:>6} {precision:>5} {rate:>8.1f} {rate_cpu:>10.1f} {rate_step:>11.1f} "
+                      f"{prep:>12.3f} {peak:>12.0f}", flush=True)
 
 
 if __name__ == "__main__":
