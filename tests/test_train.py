@@ -214,12 +214,39 @@ def test_stream_batches_are_fresh_and_pure():
     seeds = [{t.seed for t in ds.tasks(m)} for m in range(6)] + [{t.seed for t in other.tasks(m)} for m in range(3)]
     assert all(len(s) == 4 for s in seeds)
     assert len(set().union(*seeds)) == 36                          # every batch of every process is fresh
-    group = ds.group_tasks(0)                                      # micro-batches 0..2: one sorted group
-    assert [t.dx + t.dy for t in group] == sorted(t.dx + t.dy for t in group)
+    group = ds.group_tasks(0)                                      # micro-batches 0..2: one group
+    assert sorted(t.index for t in group) == sorted(t.index for m in range(3) for t in ds.tasks(m))
     assert sorted(s for m in range(3) for s in [t.seed for t in ds.tasks(m)]) == sorted(t.seed for t in group)
     a, b = ds[2], StreamBatches(str(GEN_CONFIG), cfg, ModelConfig(), 0, 2)[2]
     assert a.n == b.n and torch.equal(a.batch.rows, b.batch.rows)
     assert np.allclose(a.mi, [t.mi for t in ds.tasks(2)])
+
+
+def test_stream_groups_are_bucketed_by_dims_then_by_n():
+    """A streamed group is cut like a store's epoch: buckets of bucket_sets by dx + dy,
+    each sorted by log n + a jitter in [0, 0.5), so a batch's n' (its smallest n) stays
+    close to its sets' own n instead of the smallest of B random draws."""
+    from model.network import ModelConfig
+    from training.config import TrainConfig
+    from training.data import StreamBatches
+
+    cfg = TrainConfig(batch_size=4, stream_pool=6, bucket_sets=12, n_train_min=8, n_train_max=300, seed=2,
+                      n_train_full_fraction=1.0)
+    ds = StreamBatches(str(GEN_CONFIG), cfg, ModelConfig(), 0, 1)
+    group = ds.group_tasks(0)
+    batches = [group[i:i + 4] for i in range(0, 24, 4)]
+    buckets = [batches[:3], batches[3:]]                            # 12 sets = 3 batches per bucket
+    assert max(t.dx + t.dy for b in buckets[0] for t in b) <= min(t.dx + t.dy for b in buckets[1] for t in b)
+    for bucket in buckets:
+        for lower, upper in zip(bucket, bucket[1:]):
+            assert min(math.log(t.n) for t in upper) >= max(math.log(t.n) for t in lower) - 0.5
+    # against the same tasks batched by dims alone (the old cut): larger n' per batch
+    by_dims = sorted(group, key=lambda t: t.dx + t.dy)
+    old_n = np.mean([min(t.n for t in by_dims[i:i + 4]) for i in range(0, 24, 4)])
+    new_n = np.mean([min(t.n for t in b) for b in batches])
+    assert new_n > old_n
+    served = [ds[m].n for m in range(6)]                            # full_fraction 1: n' = the batch's smallest n
+    assert sorted(served) == sorted(min(300, min(t.n for t in b)) for b in batches)
 
 
 @pytest.mark.parametrize("workers,group", [(1, 8), (3, 1), (3, 4), (4, 3)])

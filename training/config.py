@@ -30,7 +30,7 @@ class TrainConfig:
     train_store: str | None = None         # zarr meta-dataset (metagen) to train on, or ...
     stream_config: str | None = None       # ... a metagen config TOML: fresh sets from draw_task
     stream_seed: int = 1_000_003           # global metagen seed of streamed sets (keep != val seeds)
-    stream_pool: int = 8                   # streamed micro-batches drawn together, bucketed by dx+dy
+    stream_pool: int = 32                  # streamed micro-batches drawn together, bucketed as a store
     val_id_store: str | None = None        # in-distribution validation store
     val_ood_store: str | None = None       # out-of-distribution validation store (optional)
     calib_store: str | None = None         # calibration store; None: a fixed half of val_id
@@ -38,7 +38,7 @@ class TrainConfig:
     n_train_min: int = 16                  # smallest subsampled rows per training set
     n_train_max: int = 500                 # largest subsampled rows per training set
     n_train_full_fraction: float = 0.0     # probability that a batch keeps all rows (up to n_train_max)
-    bucket_sets: int = 0                   # sets per dx+dy bucket of a store (0: 16 * batch_size)
+    bucket_sets: int = 0                   # sets per dx+dy bucket, store or stream pool (0: 16 * batch_size)
     num_workers: int = 1                   # DataLoader worker processes (0: load in the loop)
     # --- optimisation -------------------------------------------------------------
     seed: int = 0                          # data order, subsampling and init all follow it

@@ -11,8 +11,9 @@ the same data as an uninterrupted one, and processes see disjoint data:
   (dx + dy, n) and each set is seen once per epoch.
 - ``StreamBatches``: fresh sets straight from ``metagen.tasks.draw_task``. Micro-batches
   come in groups of ``pool``: group g of process p draws the tasks
-  ``(g * P + p) * B * pool + j`` (disjoint everywhere), sorts them by dx + dy and cuts
-  them into ``pool`` batches of similar dimensions, served in an order shuffled by
+  ``(g * P + p) * B * pool + j`` (disjoint everywhere), buckets them as a store is (by
+  dx + dy into buckets of ``bucket_sets``, each sorted by a jittered log n) and cuts
+  them into ``pool`` batches of similar dimensions and n, served in an order shuffled by
   (seed, g, p). Every drawn task is used once (drawing costs ~20 ms a task, mostly the
   Monte Carlo MI of mixtures, ten times the sampling). A worker serving part of a group
   draws the whole group, so ``make_loader`` sends the micro-batches of a group to one
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-_TAG_EPOCH, _TAG_BATCH, _TAG_PREP = 7, 11, 13   # separate random streams from one seed
+_TAG_EPOCH, _TAG_BATCH, _TAG_PREP, _TAG_GROUP = 7, 11, 13, 17   # separate random streams from one seed
 
 
 @dataclass
@@ -208,6 +209,7 @@ class StreamBatches(_BatchesBase):
         self.gen_config = load_config(config_path)
         self.stream_seed = int(cfg.stream_seed)
         self.pool = int(cfg.stream_pool)
+        self.bucket_batches = max(1, (int(cfg.bucket_sets) or 16 * self.batch_size) // self.batch_size)
         self._group_cache: tuple[int, list] | None = None
 
     def __getstate__(self) -> dict:
@@ -216,7 +218,14 @@ class StreamBatches(_BatchesBase):
         return state
 
     def group_tasks(self, group: int) -> list:
-        """The pool * B tasks of a group of ``pool`` consecutive micro-batches, sorted by dx + dy."""
+        """The pool * B tasks of a group of ``pool`` consecutive micro-batches, bucketed as a store is.
+
+        The tasks are sorted by dx + dy and cut into buckets of about ``bucket_sets``
+        whole batches; each bucket is sorted by a jittered log n (as ``StoreBatches``
+        does every epoch), so the batches cut from it have similar dimensions and an n
+        within ~1.6x. (Sorting by dimensions alone left n' = the smallest n of 64 random
+        tasks, so the model trained on n' ~ 30 where the store gives ~130.)
+        """
         from metagen.tasks import draw_task
 
         if self._group_cache is not None and self._group_cache[0] == group:
@@ -225,8 +234,15 @@ class StreamBatches(_BatchesBase):
         base = (int(group) * self.num_processes + self.process_index) * size
         tasks = [draw_task(self.gen_config, self.stream_seed, base + j) for j in range(size)]
         tasks.sort(key=lambda t: t.dx + t.dy)            # stable: ties keep index order
-        self._group_cache = (group, tasks)
-        return tasks
+        rng = self._rng(_TAG_GROUP, group)
+        buckets = max(1, self.pool // max(1, self.bucket_batches))
+        ordered = []
+        for chunk in np.array_split(np.arange(self.pool), buckets):   # whole batches per bucket
+            part = tasks[chunk[0] * self.batch_size:(chunk[-1] + 1) * self.batch_size]
+            key = np.log([t.n for t in part]) + rng.uniform(0.0, 0.5, size=len(part))
+            ordered.extend(part[i] for i in np.argsort(key, kind="stable"))
+        self._group_cache = (group, ordered)
+        return ordered
 
     def tasks(self, m: int) -> list:
         """The B tasks of micro-batch m of this process (drawn, not yet sampled)."""
