@@ -14,7 +14,9 @@
 # README's validation stores, generated here), and fits its step count to TRAIN_SECONDS
 # from the measured loader rate. Wheels in .whl/ are installed first when normflows or
 # zarr is missing (the GPU image lacks both). Settings (environment): TRAIN_SECONDS (360), WORKERS (CPUs - 1), BATCH (64),
-# LR (2e-4), INIT (data/default.safetensors), PY (python3); for a dry run on a CPU:
+# LR (2e-4), INIT (data/default.safetensors), PY (python3), SKIP_BENCH (1: skip step 2),
+# STEPS (set: skip step 3 and train this many steps), STREAM_POOL (the config's), TRAIN_ARGS
+# (more train.py options); for a dry run on a CPU:
 #   OUT=/tmp/o DEVICE=cpu TRAIN_SECONDS=30 WORKERS=1 BENCH_BATCH=8 BENCH_STEPS=1 bash scripts/gpu_run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,19 +58,23 @@ stamp "imports ok; workers $WORKERS"
 stamp "validation stores made"
 
 # 2. training-step throughput on the GPU, fp32 vs bf16: the shipped light model and the full one
+[ "${SKIP_BENCH:-0}" = 1 ] || {
 "$PY" scripts/bench_model.py --device "$DEVICE" --threads 1 --batch "$BENCH_BATCH" --steps "$BENCH_STEPS" --sizes 500x16,2000x16,500x64 \
     --precision fp32,bf16 --set cell_layers=0 >> "$OUT/bench.txt" 2>&1 || stamp "bench light failed"
 "$PY" scripts/bench_model.py --device "$DEVICE" --threads 1 --batch "$BENCH_BATCH" --steps "$BENCH_STEPS" --sizes 500x16,2000x16,500x64 \
     --precision fp32,bf16 >> "$OUT/bench.txt" 2>&1 || stamp "bench full failed"
-stamp "step benchmarks done"
+stamp "step benchmarks done"; }
 
 # 3. stream loader rate with all workers (two windows of workers x pool micro-batches)
+POOL_ARGS=${STREAM_POOL:+--stream_pool $STREAM_POOL}
+if [ -z "${STEPS:-}" ]; then
 "$PY" scripts/bench_train_data.py --config configs/train/gpu.toml --stream-config configs/metagen/train.toml \
-    --workers "$WORKERS" --batches $(( 2 * WORKERS * 8 )) --loader-only --batch_size "$BATCH" \
+    --workers "$WORKERS" --batches $(( 2 * WORKERS * ${STREAM_POOL:-32} )) --loader-only --batch_size "$BATCH" $POOL_ARGS \
     --out "$OUT/loader.json" > /dev/null 2>> "$OUT/env.txt"
 RATE=$("$PY" -c "import json; print(json.load(open('$OUT/loader.json'))['sources']['stream']['loader'][0]['batches_per_s_with_start'])")
 STEPS=$("$PY" -c "print(max(200, int(0.9 * $RATE * $TRAIN_SECONDS) // 100 * 100))")
 stamp "loader $RATE batches/s of $BATCH -> $STEPS steps"
+fi
 
 # 4. bf16 continuation of the shipped checkpoint on streamed sets
 RUN="$WORK/run"
@@ -82,7 +88,7 @@ timeout -s TERM -k 20 "$LIMIT" "$PY" train.py --config configs/train/gpu.toml \
     --val_id_store "$WORK/val-id" --val_ood_store "$WORK/val-ood" --max_val_sets 300 \
     --init-from "$INIT" --out_dir "$RUN" --steps "$STEPS" --batch_size "$BATCH" --lr "$LR" --min_lr 1e-5 \
     --warmup_steps 100 --n_train_full_fraction 0.8 --eval_every $(( STEPS / 4 )) --save_every 500 \
-    --log_every 50 --num_workers "$WORKERS" --threads 1 --mixed_precision bf16 > "$OUT/train.log" 2>&1
+    --log_every 50 --num_workers "$WORKERS" --threads 1 --mixed_precision bf16 $POOL_ARGS ${TRAIN_ARGS:-} > "$OUT/train.log" 2>&1
 stamp "train.py exit $?"
 set -e
 kill "$MONITOR" 2>/dev/null || true
