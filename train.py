@@ -150,37 +150,24 @@ class StopFlag:
         self.signal_name = signal.Signals(signum).name
 
 
-class DataLimits:
-    """Ranges of the data trained on (n after subsampling, dims, MI), for the checkpoint."""
-
-    def __init__(self, state: dict | None = None) -> None:
-        s = state or {}
-        self.n_min = s.get("n_min", math.inf)
-        self.n_max = s.get("n_max", 0)
-        self.dx_max = s.get("dx_max", 0)
-        self.dy_max = s.get("dy_max", 0)
-        self.mi_min = s.get("mi_min", math.inf)
-        self.mi_max = s.get("mi_max", 0.0)
-
-    def update(self, tb) -> None:
-        self.n_min = min(self.n_min, int(tb.n))
-        self.n_max = max(self.n_max, int(tb.n))
-        self.dx_max = max(self.dx_max, int(tb.dx.max()))
-        self.dy_max = max(self.dy_max, int(tb.dy.max()))
-        self.mi_min = min(self.mi_min, float(tb.mi.min()))
-        self.mi_max = max(self.mi_max, float(tb.mi.max()))
-
-    def as_dict(self) -> dict:
-        return {"n_min": int(self.n_min) if self.n_min != math.inf else 0, "n_max": int(self.n_max),
-                "dx_max": int(self.dx_max), "dy_max": int(self.dy_max),
-                "mi_min": float(self.mi_min) if self.mi_min != math.inf else 0.0, "mi_max": float(self.mi_max)}
-
-
 def store_limits(dataset, cfg: TrainConfig) -> dict:
     """Exact limits of a zarr training store (all sets, all processes)."""
     return {"n_min": int(min(cfg.n_train_min, dataset.n.min())), "n_max": int(min(cfg.n_train_max, dataset.n.max())),
             "dx_max": int(dataset.dx.max()), "dy_max": int(dataset.dy.max()),
             "mi_min": float(dataset.mi.min()), "mi_max": float(dataset.mi.max())}
+
+
+def stream_limits(gen, cfg: TrainConfig) -> dict:
+    """Limits of streamed training: the ranges the metagen config ``gen`` draws from.
+
+    (Not the extremes of the batches seen so far: a short run would record a small n_max,
+    and inference subsamples larger inputs to n_max.)
+    """
+    n_lo = [gen.n.min] + ([2 * gen.dims.min + 2] if gen.n.near_min_fraction > 0 else []) + list(gen.n.values)
+    n_hi = [gen.n.max] + ([gen.n.tail_max] if gen.n.tail_max and gen.n.tail_fraction > 0 else []) + list(gen.n.values)
+    mi_max = gen.mi.tail_max if gen.mi.tail_fraction > 0 else gen.mi.uniform_max
+    return {"n_min": int(min(cfg.n_train_min, *n_lo)), "n_max": int(min(cfg.n_train_max, max(n_hi))),
+            "dx_max": int(gen.dims.max), "dy_max": int(gen.dims.max), "mi_min": 0.0, "mi_max": float(mi_max)}
 
 
 class MetricsLog:
@@ -320,7 +307,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     dataset = build_dataset(cfg, model_cfg, accelerator.process_index, accelerator.num_processes)
     splits = build_val_splits(cfg, model_cfg) if main else {}
 
-    step, best, limits = 0, math.inf, DataLimits()
+    step, best = 0, math.inf
     best_metrics: dict = {}
     if args.resume:
         states = list_states(out_dir)
@@ -328,7 +315,6 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
             accelerator.load_state(str(states[-1]))
             saved = json.loads((states[-1] / STATE_FILE).read_text())
             step, best = int(saved["step"]), float(saved.get("best", math.inf))
-            limits = DataLimits(saved.get("limits"))
             best_metrics = saved.get("best_metrics", {})
             init_lineage = saved.get("init_from", init_lineage)  # the run's origin, even if --init-from is not repeated
             accelerator.print(f"resumed from {states[-1]} at step {step}")
@@ -355,7 +341,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
                 "micro_batch": step * cfg.grad_accum, "init_from": init_lineage}
 
     def current_limits() -> dict:
-        return store_limits(dataset, cfg) if cfg.train_store is not None else limits.as_dict()
+        return store_limits(dataset, cfg) if cfg.train_store is not None else stream_limits(dataset.gen_config, cfg)
 
     def export(path: Path, metrics: dict) -> None:
         save_checkpoint(str(path), raw_model, limits=current_limits(),
@@ -381,8 +367,6 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
                 window["loss"] += float(loss.detach())
                 window["count"] += 1
                 window["n"] += tb.n
-                if main:
-                    limits.update(tb)
                 if cfg.log_batch_hash:
                     log.write({"kind": "batch", "step": step, "micro": step * cfg.grad_accum + k,
                                "hash": tb.fingerprint, "loss": float(loss.detach())})

@@ -249,6 +249,42 @@ def test_stream_groups_are_bucketed_by_dims_then_by_n():
     assert sorted(served) == sorted(min(300, min(t.n for t in b)) for b in batches)
 
 
+def test_stream_limits_cover_every_drawn_task():
+    """A streamed run's checkpoint limits come from the metagen config, not from the
+    batches seen (a short run saw n' <= 492 of a config reaching 2,000, and inference
+    subsamples inputs to n_max): every drawn task must lie inside them, and n_max must be
+    reached by the config's own range."""
+    from metagen.config import load_config
+    from metagen.tasks import draw_task
+    from train import stream_limits
+    from training.config import TrainConfig
+
+    gen = load_config(str(GEN_CONFIG))
+    for n_train_max in (100, 10_000):
+        lim = stream_limits(gen, TrainConfig(n_train_min=8, n_train_max=n_train_max))
+        tasks = [draw_task(gen, 5, i) for i in range(300)]
+        assert all(lim["n_min"] <= min(t.n, n_train_max) for t in tasks)
+        assert lim["n_max"] == min(n_train_max, max(gen.n.max, gen.n.tail_max or 0))
+        assert max(t.dx for t in tasks) <= lim["dx_max"] and max(t.dy for t in tasks) <= lim["dy_max"]
+        assert lim["mi_min"] == 0.0 and max(t.mi for t in tasks) <= lim["mi_max"] + 1e-9
+        assert max(t.n for t in tasks) > 0.8 * gen.n.max           # the range is reached, not invented
+
+
+def test_streamed_run_end_to_end_with_two_workers(stores, tmp_path):
+    """train.py on fresh streamed sets (2 loader workers, worker_order): it finishes,
+    exports a loadable checkpoint, and records the config's range as its limits."""
+    from model.checkpoint import load_checkpoint
+
+    out = tmp_path / "stream"
+    assert train_here(out, stores, "--train_store", "none", "--stream_config", str(GEN_CONFIG), "--steps", "6",
+                      "--eval_every", "6", "--save_every", "6", "--num_workers", "2", "--stream_pool", "3",
+                      "--batch_size", "4") == 0
+    _, meta = load_checkpoint(str(out / "last.safetensors"))
+    assert meta["limits"]["n_max"] == 128 and meta["limits"]["dx_max"] == 6   # tiny.toml: n <= 300, dims <= 6
+    assert [r["step"] for r in read_metrics(out) if r["kind"] == "eval"] == [6]
+    check_checkpoint(out / "last.safetensors", stores)
+
+
 @pytest.mark.parametrize("workers,group", [(1, 8), (3, 1), (3, 4), (4, 3)])
 def test_worker_order_is_a_permutation_that_keeps_groups_on_one_worker(workers, group):
     from training.data import worker_order
