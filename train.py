@@ -163,10 +163,13 @@ def stream_limits(gen, cfg: TrainConfig) -> dict:
     (Not the extremes of the batches seen so far: a short run would record a small n_max,
     and inference subsamples larger inputs to n_max.)
     """
-    n_lo = [gen.n.min] + ([2 * gen.dims.min + 2] if gen.n.near_min_fraction > 0 else []) + list(gen.n.values)
-    n_hi = [gen.n.max] + ([gen.n.tail_max] if gen.n.tail_max and gen.n.tail_fraction > 0 else []) + list(gen.n.values)
+    s, d = gen.n, gen.dims                      # metagen.tasks._draw_n: n >= max(n.min, dx + dy + 2)
+    n_lo = max(min(s.values) if s.values else s.min, 2 * d.min + 2)
+    n_hi = max([s.max, 2 * d.max + 2, *s.values]
+               + ([2 * (2 * d.max) + 2] if s.near_min_fraction > 0 else [])
+               + ([s.tail_max] if s.tail_max and s.tail_fraction > 0 else []))
     mi_max = gen.mi.tail_max if gen.mi.tail_fraction > 0 else gen.mi.uniform_max
-    return {"n_min": int(min(cfg.n_train_min, *n_lo)), "n_max": int(min(cfg.n_train_max, max(n_hi))),
+    return {"n_min": int(min(cfg.n_train_min, n_lo)), "n_max": int(min(cfg.n_train_max, n_hi)),
             "dx_max": int(gen.dims.max), "dy_max": int(gen.dims.max), "mi_min": 0.0, "mi_max": float(mi_max)}
 
 
