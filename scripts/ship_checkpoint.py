@@ -35,6 +35,31 @@ from model.network import switch_inputs  # noqa: E402
 from model.quantiles import apply_calibration, fit_calibration  # noqa: E402
 
 
+def _stream_run_limits(info: dict, limits: dict) -> dict:
+    """A run on streamed sets: its limits are its metagen config's range (``train.stream_limits``).
+
+    train.py before 2026-11-29 recorded the extremes of the batches seen instead, so a short
+    streamed run had a small n_max and inference would subsample larger inputs to it.
+    """
+    cfg = info.get("config") or {}
+    if cfg.get("train_store") is not None or not cfg.get("stream_config"):
+        return limits
+    from metagen.config import load_config
+    from train import stream_limits
+    from training.config import TrainConfig
+
+    path = Path(cfg["stream_config"])
+    if not path.is_file():
+        print(f"ship_checkpoint: note: stream config {path} not found; limits kept as recorded", file=sys.stderr)
+        return limits
+    new = stream_limits(load_config(str(path)), TrainConfig(n_train_min=int(cfg["n_train_min"]),
+                                                            n_train_max=int(cfg["n_train_max"])))
+    if new != {k: limits.get(k) for k in new}:
+        print(f"ship_checkpoint: streamed run: limits {json.dumps(limits)} -> {json.dumps(new)} (its config's range)",
+              file=sys.stderr)
+    return {**limits, **new}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--src", required=True, help="checkpoint written by train.py")
@@ -56,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.init_from and not info.get("init_from"):
         _, origin = load_checkpoint(args.init_from)
         info["init_from"] = lineage(args.init_from, origin)
+    limits = _stream_run_limits(info, limits)
     if args.knn_rows is not None and args.knn_rows != model.config.knn_rows:
         info["knn_rows_trained"] = model.config.knn_rows
         model = switch_inputs(model, knn_rows=int(args.knn_rows))

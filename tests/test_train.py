@@ -283,6 +283,16 @@ def test_streamed_run_end_to_end_with_two_workers(stores, tmp_path):
     assert meta["limits"]["n_max"] == 128 and meta["limits"]["dx_max"] == 6   # tiny.toml: n <= 300, dims <= 6
     assert [r["step"] for r in read_metrics(out) if r["kind"] == "eval"] == [6]
     check_checkpoint(out / "last.safetensors", stores)
+    # a streamed checkpoint from before the fix (limits = the batches' extremes) is repaired when shipped
+    from model.checkpoint import save_checkpoint
+    model, meta = load_checkpoint(str(out / "last.safetensors"))
+    old = tmp_path / "old.safetensors"
+    save_checkpoint(str(old), model, limits={**meta["limits"], "n_max": 40}, calibration=None, info=meta["info"])
+    shipped = tmp_path / "shipped.safetensors"
+    r = subprocess.run([PY, str(ROOT / "scripts" / "ship_checkpoint.py"), "--src", str(old), "--out", str(shipped)],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(str(shipped))[1]["limits"]["n_max"] == 128 and "its config's range" in r.stderr
 
 
 @pytest.mark.parametrize("workers,group", [(1, 8), (3, 1), (3, 4), (4, 3)])
