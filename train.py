@@ -170,7 +170,7 @@ def stream_limits(gen, cfg: TrainConfig) -> dict:
                + ([s.tail_max] if s.tail_max and s.tail_fraction > 0 else []))
     mi_max = gen.mi.tail_max if gen.mi.tail_fraction > 0 else gen.mi.uniform_max
     return {"n_min": int(min(cfg.n_train_min, n_lo)), "n_max": int(min(cfg.n_train_max, n_hi)),
-            "dx_max": int(gen.dims.max), "dy_max": int(gen.dims.max), "mi_min": 0.0, "mi_max": float(mi_max)}
+            "dx_max": int(d.max), "dy_max": int(d.max), "mi_min": 0.0, "mi_max": float(mi_max)}
 
 
 class MetricsLog:
@@ -308,6 +308,8 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     raw_model = accelerator.unwrap_model(model)
 
     dataset = build_dataset(cfg, model_cfg, accelerator.process_index, accelerator.num_processes)
+    # the trained range, recorded in every checkpoint (fixed by the data source, not by the batches seen)
+    limits = store_limits(dataset, cfg) if cfg.train_store is not None else stream_limits(dataset.gen_config, cfg)
     splits = build_val_splits(cfg, model_cfg) if main else {}
 
     step, best = 0, math.inf
@@ -340,14 +342,11 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     model.train()
 
     def state_extra() -> dict:
-        return {"best": best, "best_metrics": best_metrics, "limits": current_limits(),
+        return {"best": best, "best_metrics": best_metrics, "limits": limits,
                 "micro_batch": step * cfg.grad_accum, "init_from": init_lineage}
 
-    def current_limits() -> dict:
-        return store_limits(dataset, cfg) if cfg.train_store is not None else stream_limits(dataset.gen_config, cfg)
-
     def export(path: Path, metrics: dict) -> None:
-        save_checkpoint(str(path), raw_model, limits=current_limits(),
+        save_checkpoint(str(path), raw_model, limits=limits,
                         calibration=None if offsets is None else [float(v) for v in offsets],
                         info={"step": step, "config": cfg.to_dict(), "metrics": metrics,
                               **({"init_from": init_lineage} if init_lineage else {})})

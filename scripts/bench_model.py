@@ -162,8 +162,7 @@ def main(argv: list[str] | None = None) -> None:
             sizes = [tuple(int(v) for v in item.lower().split("x")) for item in args.sizes.split(",")]
         except ValueError:
             p.error(f"--sizes must look like 500x16,2000x16, got {args.sizes!r}")
-    if args.device != "cpu" and not torch.device(args.device).type == "cuda" or (
-            args.device != "cpu" and not torch.cuda.is_available()):
+    if args.device != "cpu" and (torch.device(args.device).type != "cuda" or not torch.cuda.is_available()):
         p.error(f"--device {args.device!r}: only cpu, or cuda when a GPU is visible")
     precisions = tuple(args.precision.split(","))
     if not set(precisions) <= {"fp32", "bf16"}:

@@ -80,6 +80,12 @@ def draw_rows(rng: np.random.Generator, n_min_in_batch: int, n_train_min: int, n
     return int(min(hi, max(lo, math.floor(value))))
 
 
+def jittered_n_order(n: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices that sort sets by log n + a uniform jitter in [0, 0.5): neighbours have n within ~1.6x."""
+    key = np.log(np.asarray(n, dtype=np.float64)) + rng.uniform(0.0, 0.5, size=len(n))
+    return np.argsort(key, kind="stable")
+
+
 def subsample_rows(x: np.ndarray, y: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A random subset of n rows of (x (N, dx), y (N, dy)), same rows in both."""
     if n >= x.shape[0]:
@@ -107,6 +113,7 @@ class _BatchesBase(Dataset):
         self.n_train_min = int(cfg.n_train_min)
         self.n_train_max = int(cfg.n_train_max)
         self.full_fraction = float(getattr(cfg, "n_train_full_fraction", 0.0))
+        self.bucket_sets = max(int(cfg.bucket_sets) or 16 * self.batch_size, self.batch_size)   # sets per dims bucket
         self.with_fingerprint = bool(cfg.log_batch_hash)
         self.model_cfg = model_cfg
         self.process_index = int(process_index)
@@ -153,9 +160,8 @@ class StoreBatches(_BatchesBase):
         self.dx = np.asarray(store.dx, dtype=np.int64)
         self.dy = np.asarray(store.dy, dtype=np.int64)
         self.mi = np.asarray(store.mi, dtype=np.float64)
-        bucket_sets = max(int(cfg.bucket_sets) or 16 * self.batch_size, self.batch_size)
         order = mine[np.argsort(self.dx[mine] + self.dy[mine], kind="stable")]
-        self.buckets = np.array_split(order, max(1, len(order) // bucket_sets))
+        self.buckets = np.array_split(order, max(1, len(order) // self.bucket_sets))
         self.batches_per_epoch = sum(len(b) // self.batch_size for b in self.buckets)
         self._epoch_cache: tuple[int, list[np.ndarray]] | None = None
 
@@ -172,8 +178,7 @@ class StoreBatches(_BatchesBase):
         rng = self._rng(_TAG_EPOCH, epoch)
         batches: list[np.ndarray] = []
         for bucket in self.buckets:
-            key = np.log(self.n[bucket]) + rng.uniform(0.0, 0.5, size=len(bucket))   # n within ~1.6x
-            ordered = bucket[np.argsort(key, kind="stable")]
+            ordered = bucket[jittered_n_order(self.n[bucket], rng)]
             usable = len(ordered) // self.batch_size * self.batch_size
             batches.extend(np.split(ordered[:usable], usable // self.batch_size))
         order = rng.permutation(len(batches))
@@ -209,7 +214,6 @@ class StreamBatches(_BatchesBase):
         self.gen_config = load_config(config_path)
         self.stream_seed = int(cfg.stream_seed)
         self.pool = int(cfg.stream_pool)
-        self.bucket_batches = max(1, (int(cfg.bucket_sets) or 16 * self.batch_size) // self.batch_size)
         self._group_cache: tuple[int, list] | None = None
 
     def __getstate__(self) -> dict:
@@ -235,12 +239,11 @@ class StreamBatches(_BatchesBase):
         tasks = [draw_task(self.gen_config, self.stream_seed, base + j) for j in range(size)]
         tasks.sort(key=lambda t: t.dx + t.dy)            # stable: ties keep index order
         rng = self._rng(_TAG_GROUP, group)
-        buckets = max(1, self.pool // max(1, self.bucket_batches))
+        buckets = max(1, self.pool // (self.bucket_sets // self.batch_size))
         ordered = []
         for chunk in np.array_split(np.arange(self.pool), buckets):   # whole batches per bucket
             part = tasks[chunk[0] * self.batch_size:(chunk[-1] + 1) * self.batch_size]
-            key = np.log([t.n for t in part]) + rng.uniform(0.0, 0.5, size=len(part))
-            ordered.extend(part[i] for i in np.argsort(key, kind="stable"))
+            ordered.extend(part[i] for i in jittered_n_order([t.n for t in part], rng))
         self._group_cache = (group, ordered)
         return ordered
 
