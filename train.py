@@ -41,8 +41,11 @@ Outputs in ``out_dir``: ``metrics.jsonl`` (one JSON object per line, ``kind`` is
 split ``val_id`` / ``val_ood``, the keys of ``training.evaluate.split_metrics``;
 ``"batch"`` with ``log_batch_hash``: step, micro, hash, loss), ``states/step-XXXXXXXX``
 (accelerator.save_state plus train_state.json; the last ``keep_states`` are kept),
-``best.safetensors`` (best val_id ``select_metric``) and ``last.safetensors``, both
-written with ``model.checkpoint.save_checkpoint`` (limits, calibration, info).
+``best.safetensors`` (best val_id ``select_metric``), ``last.safetensors`` and, with
+``keep_evals`` (default), ``evals/step-XXXXXXXX.safetensors`` for every validation (so a
+checkpoint can be chosen afterwards by another rule, e.g. interval coverage on the
+validation stores, or averaged: ``scripts/average_checkpoints.py``), all written with
+``model.checkpoint.save_checkpoint`` (limits, calibration, info).
 """
 from __future__ import annotations
 
@@ -399,6 +402,9 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
                     accelerator.print(f"step {step}: " + "; ".join(
                         f"{name} MAE {m['mae']:.3f} nats, 90% coverage {m['coverage_90']:.2f}"
                         for name, m in metrics.items() if isinstance(m, dict) and "mae" in m))
+                    if cfg.keep_evals:
+                        (out_dir / "evals").mkdir(exist_ok=True)
+                        export(out_dir / "evals" / f"step-{step:08d}.safetensors", metrics)
                     score = metrics["val_id"][cfg.select_metric]
                     if score < best:
                         best, best_metrics = score, metrics

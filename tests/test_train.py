@@ -356,9 +356,13 @@ def test_end_to_end_loss_falls_and_checkpoint_loads(stores, tmp_path):
         assert 0.0 <= r["val_id"]["coverage_90"] <= 1.0 and r["val_id"]["width_90"] >= r["val_id"]["width_50"] >= 0
         assert r["val_id"]["num_sets"] == 16                        # the odd half of 32 validation sets
         assert set(r["val_ood"]) >= EVAL_KEYS and r["val_ood"]["num_sets"] == 32
-    for name in ("best.safetensors", "last.safetensors"):
+    for name in ("best.safetensors", "last.safetensors", "evals/step-00000020.safetensors",
+                 "evals/step-00000040.safetensors"):
         check_checkpoint(out / name, stores)
+    assert sorted(p.name for p in (out / "evals").iterdir()) == ["step-00000020.safetensors", "step-00000040.safetensors"]
     from model.checkpoint import load_checkpoint
+
+    assert [load_checkpoint(out / "evals" / f"step-{s:08d}.safetensors")[1]["info"]["step"] for s in (20, 40)] == [20, 40]
 
     best, meta = load_checkpoint(out / "best.safetensors")
     assert meta["info"]["step"] in (20, 40) and meta["limits"]["n_max"] <= 128

@@ -58,6 +58,7 @@ class TrainConfig:
     eval_batch_size: int = 32              # sets per validation batch (at their own n)
     eval_max_cells: int = 2_000_000        # cap on padded n * (dx + dy) cells per validation batch
     select_metric: str = "pinball"         # best.safetensors by val_id "pinball" or "mae"
+    keep_evals: bool = True                # also write evals/step-XXXXXXXX.safetensors at every validation
     log_batch_hash: bool = False           # debug: write a fingerprint of every batch (resume test)
     # --- hardware -----------------------------------------------------------------
     threads: int = 1                       # torch.set_num_threads in the training process
