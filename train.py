@@ -258,8 +258,10 @@ def build_model(cfg: TrainConfig, init_from: str | None):
     """(model, lineage): a fresh MIEstimator from cfg.model and None, or the weights and config
     of a checkpoint and its lineage (model.checkpoint.lineage). With a checkpoint, cfg.model
     may still change the input switches (model.network.INPUT_SWITCHES, e.g. turn the kNN
-    statistics on: the new inputs start with zero weights); other fields are ignored."""
-    from model.network import INPUT_SWITCHES, MIEstimator, switch_inputs
+    statistics on: the new inputs start with zero weights) and add row layers (a larger
+    ``row_layers``: the new layers start as the identity, model.network.add_row_layers);
+    other fields are ignored."""
+    from model.network import INPUT_SWITCHES, MIEstimator, add_row_layers, switch_inputs
 
     if init_from is None:
         return MIEstimator(cfg.model_config()), None
@@ -268,12 +270,17 @@ def build_model(cfg: TrainConfig, init_from: str | None):
     model, meta = load_checkpoint(init_from)
     differ = {k: v for k, v in cfg.model.items() if getattr(model.config, k, v) != v}
     switches = {k: v for k, v in differ.items() if k in INPUT_SWITCHES}
-    ignored = {k: v for k, v in differ.items() if k not in INPUT_SWITCHES}
+    deeper = differ.get("row_layers", 0) > model.config.row_layers
+    ignored = {k: v for k, v in differ.items() if k not in INPUT_SWITCHES and not (k == "row_layers" and deeper)}
     if ignored:
         print(f"train.py: note: --init-from keeps the checkpoint's architecture; ignoring {ignored}", file=sys.stderr)
     if switches:
         print(f"train.py: note: --init-from with other inputs: {switches}", file=sys.stderr)
         model = switch_inputs(model, **switches)
+    if deeper:
+        print(f"train.py: note: --init-from with {differ['row_layers']} row layers instead of "
+              f"{model.config.row_layers}: the new ones start as the identity", file=sys.stderr)
+        model = add_row_layers(model, int(differ["row_layers"]))
     model.train()
     return model, lineage(init_from, meta)
 

@@ -237,4 +237,29 @@ def switch_inputs(model: MIEstimator, **changes) -> MIEstimator:
     return new.train(model.training)
 
 
-__all__ = ["ModelConfig", "MIEstimator", "DEFAULT_LEVELS", "INPUT_SWITCHES", "switch_inputs"]
+def add_row_layers(model: MIEstimator, row_layers: int) -> MIEstimator:
+    """A deeper model, `row_layers` ISAB layers over the row tokens, computing exactly `model`'s function.
+
+    The new layers are appended after the trained ones with zero output projections in
+    their second attention block (the attention's `out` and the feed-forward's last
+    linear), so each starts as the identity on the row tokens (pre-norm residual blocks:
+    out = x + 0) and training then grows it: more capacity for a trained model without
+    starting over. All other weights are copied.
+    """
+    old = model.config.row_layers
+    if row_layers < old:
+        raise ValueError(f"add_row_layers: the model already has {old} row layers, asked for {row_layers}")
+    config = dataclasses.replace(model.config, row_layers=row_layers)
+    ref = next(model.parameters())
+    new = MIEstimator(config).to(device=ref.device, dtype=ref.dtype)
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("row_layers.") for k in missing), (missing, unexpected)
+    with torch.no_grad():
+        for layer in new.row_layers[old:]:
+            for linear in (layer.mab_out.out, layer.mab_out.ffn[-1]):
+                linear.weight.zero_()
+                linear.bias.zero_()
+    return new.train(model.training)
+
+
+__all__ = ["ModelConfig", "MIEstimator", "DEFAULT_LEVELS", "INPUT_SWITCHES", "add_row_layers", "switch_inputs"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.special import ndtr, ndtri
 
-from model.network import MIEstimator, ModelConfig, switch_inputs
+from model.network import MIEstimator, ModelConfig, add_row_layers, switch_inputs
 from model.preprocess import ksg_stats_slice, prepare_batch, set_statistics
 from model.quantiles import (
     apply_calibration,
@@ -179,6 +179,23 @@ def test_switching_knn_on_starts_from_the_same_function_and_then_learns():
     np.testing.assert_allclose(stats[ksg_stats_slice(new.config)], [0.7, np.log1p(0.7)])
     with pytest.raises(ValueError, match="not \\['dim'\\]"):
         switch_inputs(old, dim=8)
+
+
+def test_adding_row_layers_starts_from_the_same_function_and_then_learns():
+    old = _model(cell_layers=0)
+    new = add_row_layers(old, old.config.row_layers + 1)
+    assert len(new.row_layers) == len(old.row_layers) + 1 and new.num_parameters() > old.num_parameters()
+    sets = [_pair(80, 3, 2, seed=1), _pair(40, 1, 1, seed=2), _pair(25, 4, 4, seed=3)]
+    with torch.no_grad():   # padded rows and columns included (three sizes in one batch)
+        np.testing.assert_allclose(_run(new, sets), _run(old, sets), rtol=1e-12, atol=1e-12)
+    batch = prepare_batch(sets, new.config).to(dtype=torch.float64)
+    new.zero_grad()
+    new(batch).sum().backward()
+    added = new.row_layers[-1].mab_out
+    assert added.out.weight.grad.abs().sum() > 0 and added.ffn[-1].weight.grad.abs().sum() > 0
+    assert add_row_layers(old, old.config.row_layers).config == old.config
+    with pytest.raises(ValueError, match="already has"):
+        add_row_layers(new, old.config.row_layers)
 
 
 def test_target_transform_round_trip():
