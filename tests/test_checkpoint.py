@@ -126,3 +126,47 @@ def test_save_validates_its_arguments(tmp_path, saved):
         save_checkpoint(tmp_path / "a.safetensors", model, limits={"n_min": 1})
     with pytest.raises(ValueError, match="calibration needs"):
         save_checkpoint(tmp_path / "b.safetensors", model, limits=LIMITS, calibration=[0.0])
+
+
+# ------------------------------------------------------------ scripts/average_checkpoints.py
+def _average(*args: str):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, str(root / "scripts" / "average_checkpoints.py"), *args],
+                          capture_output=True, text=True, cwd=root, timeout=120)
+
+
+def test_average_checkpoints_is_the_mean_of_the_weights_and_refuses_mixed_runs(tmp_path):
+    paths, states = [], []
+    for seed, step in ((1, 500), (2, 1500), (3, 1000)):
+        torch.manual_seed(seed)
+        model = MIEstimator(ModelConfig(**CFG))
+        paths.append(str(tmp_path / f"s{step}.safetensors"))
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        save_checkpoint(paths[-1], model, limits=LIMITS, calibration=[0.1] * len(model.config.quantile_levels),
+                        info={"step": step, "init_from": {"path": "origin", "fingerprint": "f", "steps_before": 7}})
+    out = tmp_path / "avg.safetensors"
+    r = _average("--out", str(out), *paths)
+    assert r.returncode == 0, r.stderr
+    avg, meta = load_checkpoint(out)
+    for k, v in avg.state_dict().items():
+        expected = (states[0][k].double() + states[1][k].double() + states[2][k].double()) / 3
+        torch.testing.assert_close(v.double(), expected, rtol=0, atol=1e-6)
+    assert meta["calibration"] is None and meta["limits"] == LIMITS
+    assert meta["info"]["step"] == 1500 and meta["info"]["init_from"]["steps_before"] == 7   # the latest one's lineage
+    assert [a["path"] for a in meta["info"]["averaged_from"]] == paths
+
+    torch.manual_seed(4)
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(other, MIEstimator(ModelConfig(**{**CFG, "dim": 32})), limits=LIMITS)
+    r = _average("--out", str(tmp_path / "x.safetensors"), paths[0], str(other))
+    assert r.returncode == 2 and "model config differs" in r.stderr
+    save_checkpoint(other, MIEstimator(ModelConfig(**CFG)), limits={**LIMITS, "n_max": 900})
+    r = _average("--out", str(tmp_path / "x.safetensors"), paths[0], str(other))
+    assert r.returncode == 2 and "trained limits" in r.stderr
+    r = _average("--out", str(tmp_path / "x.safetensors"), str(tmp_path / "missing.safetensors"))
+    assert r.returncode == 2 and "no such checkpoint" in r.stderr
+    assert not (tmp_path / "x.safetensors").exists()

@@ -1,0 +1,72 @@
+"""Average the weights of several checkpoints of one run (stochastic weight averaging).
+
+    python scripts/average_checkpoints.py --out runs/swa/average.safetensors \
+        runs/swa/evals/step-00001000.safetensors runs/swa/evals/step-00001500.safetensors ...
+
+The checkpoints must share the model config and the trained limits (e.g. the
+``evals/step-*.safetensors`` that train.py writes along one run, best taken at a
+constant learning rate: Izmailov et al., "Averaging Weights Leads to Wider Optima and
+Better Generalization", 2018). The network has no batch statistics to recompute, so
+the average is ready to use. Its conformal calibration is dropped (it belonged to
+other weights): refit it with ``scripts/ship_checkpoint.py --calib-store``. The info
+records the sources (``averaged_from``), and the step and lineage of the latest one, so
+the model card's step count stays that of the run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.checkpoint import lineage, load_checkpoint, save_checkpoint  # noqa: E402
+
+
+def average_checkpoints(paths: list[str], out: str) -> dict:
+    """Write the mean of the weights of `paths` (>= 1 checkpoints, same config and limits) to `out`.
+
+    Returns the metadata info written. Raises ValueError when the configs or limits differ.
+    """
+    if not paths:
+        raise ValueError("average_checkpoints needs at least one checkpoint")
+    loaded = [load_checkpoint(p) for p in paths]
+    model, meta = loaded[0]
+    for p, (m, mt) in zip(paths[1:], loaded[1:]):
+        if m.config != model.config:
+            raise ValueError(f"{p}: model config differs from {paths[0]}'s; only checkpoints of one architecture "
+                             "can be averaged")
+        if mt["limits"] != meta["limits"]:
+            raise ValueError(f"{p}: trained limits {mt['limits']} differ from {paths[0]}'s {meta['limits']}")
+    states = [m.state_dict() for m, _ in loaded]
+    mean = {k: (sum(s[k].double() for s in states) / len(states)).to(v.dtype) for k, v in states[0].items()}
+    model.load_state_dict(mean)
+    latest = max(loaded, key=lambda mm: int((mm[1].get("info") or {}).get("step") or 0))[1]
+    info = {k: v for k, v in (latest.get("info") or {}).items() if k in ("step", "config", "init_from")}
+    info["averaged_from"] = [lineage(p, mt) for p, (_, mt) in zip(paths, loaded)]
+    save_checkpoint(out, model, limits=meta["limits"], calibration=None, info=info)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoints", nargs="+", help="checkpoints of one run (same model config and limits)")
+    p.add_argument("--out", required=True, help="where to write the averaged checkpoint")
+    args = p.parse_args(argv)
+    for c in args.checkpoints:
+        if not Path(c).is_file():
+            p.error(f"no such checkpoint: {c}")
+    try:
+        info = average_checkpoints(args.checkpoints, args.out)
+    except ValueError as e:
+        print(f"average_checkpoints: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: mean of {len(args.checkpoints)} checkpoints (latest step {info.get('step')}); "
+          "refit its calibration with scripts/ship_checkpoint.py --calib-store")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
