@@ -92,3 +92,30 @@ def test_results_tables_bucketed_n_coverage_and_rows_per_dim(tmp_path):
                                           "| all | 7.00 (2) | 1.00 (1) |"]
     assert "| <=50 | 2 | 0.50 | 1.00 | 7.00 |" in lines and "| >2000 | 1 | 0.50 | 1.00 | 7.00 |" in lines
     assert "| <=3 | 1 | 2.50 |" in lines
+
+
+def test_select_checkpoint_rule_coverage_first_then_mae():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from select_checkpoint import outside_bands, rank
+
+    assert outside_bands({"50": 0.50, "90": 0.90}) == 0.0
+    assert abs(outside_bands({"50": 0.40, "90": 0.95}) - (0.05 + 0.02)) < 1e-12
+    inside = {"mae": 2.0, "coverage": {"50": 0.52, "90": 0.88}}
+    scores = {
+        "sharp but overconfident": {"id": {"mae": 1.5, "coverage": {"50": 0.50, "90": 0.90}},
+                                    "ood": {"mae": 2.2, "coverage": {"50": 0.41, "90": 0.85}}},
+        "in band, worse": {"id": inside, "ood": {"mae": 2.6, "coverage": {"50": 0.46, "90": 0.90}}},
+        "in band, better": {"id": inside, "ood": {"mae": 2.4, "coverage": {"50": 0.54, "90": 0.92}}},
+        "nearly in band": {"id": inside, "ood": {"mae": 1.0, "coverage": {"50": 0.449, "90": 0.90}}},
+    }
+    assert rank(scores) == ["in band, better", "in band, worse", "nearly in band", "sharp but overconfident"]
+
+
+def test_select_checkpoint_refuses_missing_or_repeated_candidates(tmp_path):
+    r = _run(str(tmp_path / "a.safetensors"), "--calib-store", str(tmp_path), "--val", str(tmp_path),
+             "--work", str(tmp_path / "w"), script="select_checkpoint.py")
+    assert r.returncode == 2 and "no such file or store" in r.stderr
+    (tmp_path / "a.safetensors").write_text("x")
+    r = _run(str(tmp_path / "a.safetensors"), str(tmp_path / "a.safetensors"), "--calib-store", str(tmp_path),
+             "--val", str(tmp_path), "--work", str(tmp_path / "w"), script="select_checkpoint.py")
+    assert r.returncode == 2 and "named twice" in r.stderr

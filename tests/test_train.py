@@ -421,6 +421,29 @@ def test_ship_checkpoint_calibrates_and_switches_knn_rows(stores, tmp_path):
     assert meta["info"]["calibration_store"]["groups"] == "dims"
 
 
+def test_select_checkpoint_ships_and_scores_every_candidate(stores, tmp_path):
+    """scripts/select_checkpoint.py on a briefly trained run's validated checkpoints: each is
+    calibrated as ship_checkpoint would, scored by the harness on the validation store, and the
+    table's numbers are those of the harness run on the prepared checkpoint."""
+    assert train_here(tmp_path / "run", stores, "--steps", "4", "--eval_every", "2") == 0
+    cands = [str(tmp_path / "run" / "evals" / f"step-{s:08d}.safetensors") for s in (2, 4)]
+    work = tmp_path / "select"
+    r = subprocess.run([PY, str(ROOT / "scripts" / "select_checkpoint.py"), *cands, "--calib-store", str(stores["train"]),
+                        "--val", str(stores["val"]), "--work", str(work), "--ship-args", "--max-sets 48"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    sel = json.loads((work / "selection.json").read_text())
+    assert sorted(sel["order"]) == sorted(cands) and f"chosen: {sel['order'][0]}" in r.stdout
+    for i, c in enumerate(cands):
+        res = json.loads((work / f"candidate-{i}" / stores["val"].name / "results.json").read_text())
+        overall = res["estimators"]["model"]["overall"]
+        assert sel["scores"][c][stores["val"].name]["mae"] == overall["mae"] and res["num_sets"] == overall["count"]
+        assert f"{overall['mae']:.3f}" in [line for line in r.stdout.splitlines() if line.startswith(f"| {c} ")][0]
+        from model.checkpoint import load_checkpoint
+        _, meta = load_checkpoint(work / f"candidate-{i}.safetensors")
+        assert meta["calibration"] is not None and meta["info"]["calibration_store"]["sets"] == 48
+
+
 def test_resume_continues_with_the_same_batches(stores, tmp_path):
     common = ("--steps", "12", "--save_every", "4", "--eval_every", "100", "--log_every", "1", "--log_batch_hash", "true")
     full, part = tmp_path / "full", tmp_path / "part"

@@ -1,0 +1,103 @@
+"""Choose among candidate checkpoints on the validation stores, by the shipping rule.
+
+    python scripts/select_checkpoint.py --calib-store $S/calib --val $S/val-id --val $S/val-ood \
+        --work /tmp/select data/default.safetensors runs/swa/average.safetensors runs/deep/last.safetensors
+
+Each candidate is prepared exactly as it would be shipped (``scripts/ship_checkpoint.py``:
+conformal offsets refit on the calibration store, extra arguments after ``--ship-args``)
+and scored by the evaluation harness (``python -m eval.harness --estimators model``) on
+every validation store. The rule: interval coverage first, then accuracy, i.e. the
+candidate whose 50% and 90% coverage lie closest to the issue's bands (0.45-0.55 and
+0.87-0.93; distance = summed amount outside the bands over the stores) wins, ties
+(e.g. all inside) broken by the mean MAE over the stores. Prints a markdown table and
+writes it with the numbers to ``<work>/selection.json``. Never use test or benchmark
+stores here: they report the chosen checkpoint and must not choose it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+BANDS = {"50": (0.45, 0.55), "90": (0.87, 0.93)}
+
+
+def outside_bands(coverage: dict[str, float]) -> float:
+    """How far the 50% and 90% coverages lie outside their bands (0 when both are inside)."""
+    return sum(max(0.0, lo - coverage[k], coverage[k] - hi) for k, (lo, hi) in BANDS.items())
+
+
+def rank(scores: dict[str, dict[str, dict]]) -> list[str]:
+    """Candidates ordered by the rule: summed distance outside the bands, then mean MAE.
+
+    scores[candidate][store] = the harness's overall summary (``mae``, ``coverage``: {"50", "90"}).
+    """
+    def key(name: str) -> tuple[float, float]:
+        per = scores[name].values()
+        return (round(sum(outside_bands(s["coverage"]) for s in per), 6),
+                sum(s["mae"] for s in per) / len(per))
+    return sorted(scores, key=key)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("candidates", nargs="+", help="checkpoints (train.py's or shipped ones)")
+    p.add_argument("--calib-store", required=True, help="store the conformal offsets are refit on")
+    p.add_argument("--val", action="append", required=True, help="validation store (repeat: in- and out-of-distribution)")
+    p.add_argument("--work", required=True, help="folder for the prepared checkpoints and harness outputs")
+    p.add_argument("--ship-args", default="", help="extra arguments for ship_checkpoint.py, one quoted string")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    if len(set(args.candidates)) != len(args.candidates):
+        p.error("a candidate is named twice")
+    for path in [*args.candidates, args.calib_store, *args.val]:
+        if not Path(path).exists():
+            p.error(f"no such file or store: {path}")
+    import ship_checkpoint  # noqa: PLC0415 (scripts/ is on sys.path when run as a script)
+
+    from eval import harness  # noqa: PLC0415
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    scores: dict[str, dict[str, dict]] = {}
+    for i, cand in enumerate(args.candidates):
+        prepared = work / f"candidate-{i}.safetensors"
+        rc = ship_checkpoint.main(["--src", cand, "--calib-store", args.calib_store, "--out", str(prepared),
+                                   *shlex.split(args.ship_args)])
+        if rc:
+            return rc
+        scores[cand] = {}
+        for store in args.val:
+            out = work / f"candidate-{i}" / Path(store).name
+            rc = harness.main(["--store", store, "--out", str(out), "--checkpoint", str(prepared),
+                               "--estimators", "model", "--threads", str(args.threads), "--no-progress", "--no-plots"])
+            if rc:
+                return rc
+            summary = json.loads((out / "results.json").read_text())["estimators"]["model"]["overall"]
+            scores[cand][Path(store).name] = {k: summary[k] for k in ("mae", "coverage", "width", "count")}
+    order = rank(scores)
+    stores = [Path(s).name for s in args.val]
+    head = "| candidate | " + " | ".join(f"{s} MAE | {s} cov50 | {s} cov90 | {s} width90" for s in stores) + \
+           " | outside bands | chosen |"
+    lines = [head, "|---" * (2 + 4 * len(stores) + 1) + "|"]
+    for cand in args.candidates:
+        cells = []
+        for s in stores:
+            sc = scores[cand][s]
+            cells += [f"{sc['mae']:.3f}", f"{sc['coverage']['50']:.3f}", f"{sc['coverage']['90']:.3f}",
+                      f"{sc['width']['90']:.2f}"]
+        off = sum(outside_bands(scores[cand][s]["coverage"]) for s in stores)
+        lines.append(f"| {cand} | " + " | ".join(cells) + f" | {off:.3f} | {'yes' if cand == order[0] else ''} |")
+    table = "\n".join(lines)
+    print(table)
+    (work / "selection.json").write_text(json.dumps({"order": order, "scores": scores, "table": table}, indent=1))
+    print(f"chosen: {order[0]} (prepared as {work / ('candidate-%d.safetensors' % args.candidates.index(order[0]))})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
