@@ -45,7 +45,8 @@ def average_checkpoints(paths: list[str], out: str) -> dict:
     model.load_state_dict(mean)
     latest = max(loaded, key=lambda mm: int((mm[1].get("info") or {}).get("step") or 0))[1]
     info = {k: v for k, v in (latest.get("info") or {}).items() if k in ("step", "config", "init_from")}
-    info["averaged_from"] = [lineage(p, mt) for p, (_, mt) in zip(paths, loaded)]
+    info["averaged_from"] = [{**lineage(p, mt), "step": (mt.get("info") or {}).get("step")}
+                             for p, (_, mt) in zip(paths, loaded)]
     save_checkpoint(out, model, limits=meta["limits"], calibration=None, info=info)
     return info
 

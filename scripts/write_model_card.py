@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{lineage(args.checkpoint, meta)['steps_before']} steps in all" if info.get("init_from") else "")
         + f"; batch size {train_cfg.get('batch_size')}; lr {train_cfg.get('lr')} (warmup "
         f"{train_cfg.get('warmup_steps')}, cosine to {train_cfg.get('min_lr')}); torch threads {train_cfg.get('threads')}",
+        *([f"- weights: the mean of {len(info['averaged_from'])} checkpoints of this run, steps "
+           f"{', '.join(str(a.get('step')) for a in info['averaged_from'])} (`scripts/average_checkpoints.py`)"]
+          if info.get("averaged_from") else []),
         f"- training store: `{train_cfg.get('train_store')}` (metagen `configs/metagen/train.toml`; rows subsampled per "
         f"batch to n' in [{train_cfg.get('n_train_min')}, {train_cfg.get('n_train_max')}])",
         f"- validation stores: `{train_cfg.get('val_id_store')}`, `{train_cfg.get('val_ood_store')}`",

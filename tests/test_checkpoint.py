@@ -129,13 +129,16 @@ def test_save_validates_its_arguments(tmp_path, saved):
 
 
 # ------------------------------------------------------------ scripts/average_checkpoints.py
-def _average(*args: str):
+WIDE = {**LIMITS, "n_max": 5000, "dx_max": 64, "dy_max": 64}   # the model card predicts at up to 20 x 20 dims
+
+
+def _average(*args: str, script: str = "average_checkpoints.py"):
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    return subprocess.run([sys.executable, str(root / "scripts" / "average_checkpoints.py"), *args],
+    return subprocess.run([sys.executable, str(root / "scripts" / script), *args],
                           capture_output=True, text=True, cwd=root, timeout=120)
 
 
@@ -146,7 +149,7 @@ def test_average_checkpoints_is_the_mean_of_the_weights_and_refuses_mixed_runs(t
         model = MIEstimator(ModelConfig(**CFG))
         paths.append(str(tmp_path / f"s{step}.safetensors"))
         states.append({k: v.clone() for k, v in model.state_dict().items()})
-        save_checkpoint(paths[-1], model, limits=LIMITS, calibration=[0.1] * len(model.config.quantile_levels),
+        save_checkpoint(paths[-1], model, limits=WIDE, calibration=[0.1] * len(model.config.quantile_levels),
                         info={"step": step, "init_from": {"path": "origin", "fingerprint": "f", "steps_before": 7}})
     out = tmp_path / "avg.safetensors"
     r = _average("--out", str(out), *paths)
@@ -155,16 +158,22 @@ def test_average_checkpoints_is_the_mean_of_the_weights_and_refuses_mixed_runs(t
     for k, v in avg.state_dict().items():
         expected = (states[0][k].double() + states[1][k].double() + states[2][k].double()) / 3
         torch.testing.assert_close(v.double(), expected, rtol=0, atol=1e-6)
-    assert meta["calibration"] is None and meta["limits"] == LIMITS
+    assert meta["calibration"] is None and meta["limits"] == WIDE
     assert meta["info"]["step"] == 1500 and meta["info"]["init_from"]["steps_before"] == 7   # the latest one's lineage
     assert [a["path"] for a in meta["info"]["averaged_from"]] == paths
+    assert [a["step"] for a in meta["info"]["averaged_from"]] == [500, 1500, 1000]
+    card = tmp_path / "card.md"   # the model card says so
+    r = _average("--checkpoint", str(out), "--results", str(tmp_path / "none"), "--out", str(card),
+                 script="write_model_card.py")
+    assert r.returncode == 0, r.stderr
+    assert "the mean of 3 checkpoints of this run, steps 500, 1500, 1000" in card.read_text()
 
     torch.manual_seed(4)
     other = tmp_path / "other.safetensors"
-    save_checkpoint(other, MIEstimator(ModelConfig(**{**CFG, "dim": 32})), limits=LIMITS)
+    save_checkpoint(other, MIEstimator(ModelConfig(**{**CFG, "dim": 32})), limits=WIDE)
     r = _average("--out", str(tmp_path / "x.safetensors"), paths[0], str(other))
     assert r.returncode == 2 and "model config differs" in r.stderr
-    save_checkpoint(other, MIEstimator(ModelConfig(**CFG)), limits={**LIMITS, "n_max": 900})
+    save_checkpoint(other, MIEstimator(ModelConfig(**CFG)), limits={**WIDE, "n_max": 900})
     r = _average("--out", str(tmp_path / "x.safetensors"), paths[0], str(other))
     assert r.returncode == 2 and "trained limits" in r.stderr
     r = _average("--out", str(tmp_path / "x.safetensors"), str(tmp_path / "missing.safetensors"))
