@@ -100,8 +100,9 @@ def test_n_tail_is_drawn():
     assert ns.max() <= 3000 and (ns > 50).sum() >= 25
 
 
-def test_train_config_never_draws_held_out_pairs():
-    train = load_config(CONFIGS / "train.toml")
+@pytest.mark.parametrize("name", ["train.toml", "train_geometry.toml"])
+def test_train_config_never_draws_held_out_pairs(name):
+    train = load_config(CONFIGS / name)
     ood = load_config(CONFIGS / "test_ood.toml")
     assert train.exclude and set(train.exclude) == set(ood.only)
     for f, t in allowed_pairs(train):
