@@ -8,8 +8,10 @@ conformal offsets refit on the calibration store, extra arguments after ``--ship
 and scored by the evaluation harness (``python -m eval.harness --estimators model``) on
 every validation store. The rule: interval coverage first, then accuracy, i.e. the
 candidate whose 50% and 90% coverage lie closest to the issue's bands (0.45-0.55 and
-0.87-0.93; distance = summed amount outside the bands over the stores) wins, ties
-(e.g. all inside) broken by the mean MAE over the stores. Prints a markdown table and
+0.87-0.93; distance = summed amount outside the bands over the stores, each beyond one
+binomial standard error sqrt(p (1 - p) / sets) of that store's coverage estimate, so a
+miss smaller than the estimate's own noise counts as inside) wins, ties (e.g. all
+inside) broken by the mean MAE over the stores. Prints a markdown table and
 writes it with the numbers to ``<work>/selection.json``. Never use test or benchmark
 stores here: they report the chosen checkpoint and must not choose it.
 """
@@ -26,19 +28,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 BANDS = {"50": (0.45, 0.55), "90": (0.87, 0.93)}
 
 
-def outside_bands(coverage: dict[str, float]) -> float:
-    """How far the 50% and 90% coverages lie outside their bands (0 when both are inside)."""
-    return sum(max(0.0, lo - coverage[k], coverage[k] - hi) for k, (lo, hi) in BANDS.items())
+def outside_bands(coverage: dict[str, float], sets: int | None = None) -> float:
+    """How far the 50% and 90% coverages lie outside their bands (0 when both are inside).
+
+    With `sets` (the number of sets they were measured on), each miss is first reduced by
+    one binomial standard error of the coverage, sqrt(p (1 - p) / sets) at the nominal p.
+    """
+    def noise(k: str) -> float:
+        return 0.0 if not sets else (int(k) / 100 * (1 - int(k) / 100) / sets) ** 0.5
+    return sum(max(0.0, lo - coverage[k] - noise(k), coverage[k] - hi - noise(k)) for k, (lo, hi) in BANDS.items())
 
 
 def rank(scores: dict[str, dict[str, dict]]) -> list[str]:
     """Candidates ordered by the rule: summed distance outside the bands, then mean MAE.
 
-    scores[candidate][store] = the harness's overall summary (``mae``, ``coverage``: {"50", "90"}).
+    scores[candidate][store] = the harness's overall summary (``mae``, ``coverage``: {"50", "90"},
+    optionally ``count``: the number of sets, for the noise allowance of `outside_bands`).
     """
     def key(name: str) -> tuple[float, float]:
         per = scores[name].values()
-        return (round(sum(outside_bands(s["coverage"]) for s in per), 6),
+        return (round(sum(outside_bands(s["coverage"], s.get("count")) for s in per), 6),
                 sum(s["mae"] for s in per) / len(per))
     return sorted(scores, key=key)
 
@@ -82,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     order = rank(scores)
     stores = [Path(s).name for s in args.val]
     head = "| candidate | " + " | ".join(f"{s} MAE | {s} cov50 | {s} cov90 | {s} width90" for s in stores) + \
-           " | outside bands | chosen |"
+           " | outside bands (beyond noise) | chosen |"
     lines = [head, "|---" * (2 + 4 * len(stores) + 1) + "|"]
     for cand in args.candidates:
         cells = []
@@ -90,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             sc = scores[cand][s]
             cells += [f"{sc['mae']:.3f}", f"{sc['coverage']['50']:.3f}", f"{sc['coverage']['90']:.3f}",
                       f"{sc['width']['90']:.2f}"]
-        off = sum(outside_bands(scores[cand][s]["coverage"]) for s in stores)
+        off = sum(outside_bands(scores[cand][s]["coverage"], scores[cand][s]["count"]) for s in stores)
         lines.append(f"| {cand} | " + " | ".join(cells) + f" | {off:.3f} | {'yes' if cand == order[0] else ''} |")
     table = "\n".join(lines)
     print(table)

@@ -109,6 +109,14 @@ def test_select_checkpoint_rule_coverage_first_then_mae():
         "nearly in band": {"id": inside, "ood": {"mae": 1.0, "coverage": {"50": 0.449, "90": 0.90}}},
     }
     assert rank(scores) == ["in band, better", "in band, worse", "nearly in band", "sharp but overconfident"]
+    # a miss within one standard error of the coverage estimate counts as inside: 0.44 on 500 sets
+    # (se 0.0224) is inside, 0.42 is 0.0076 out; 0.86 at the 90% level (se 0.0134) is inside
+    assert outside_bands({"50": 0.44, "90": 0.86}, sets=500) == 0.0
+    assert abs(outside_bands({"50": 0.42, "90": 0.90}, sets=500) - (0.03 - (0.25 / 500) ** 0.5)) < 1e-12
+    for s in scores.values():
+        for v in s.values():
+            v["count"] = 500
+    assert rank(scores) == ["nearly in band", "in band, better", "in band, worse", "sharp but overconfident"]
 
 
 def test_select_checkpoint_refuses_missing_or_repeated_candidates(tmp_path):
