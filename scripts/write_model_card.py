@@ -92,6 +92,16 @@ def _limits_from_results(results_dir: Path) -> list[str]:
     return out or ["- See the test tables above."]
 
 
+def _store_config(path: str | None) -> str:
+    """Which metagen config drew a training store: the name in its manifest, when the store is here."""
+    manifest = Path(str(path)) / "manifest.json"
+    if path and manifest.is_file():
+        name = (json.loads(manifest.read_text()).get("config") or {}).get("name")
+        if name:
+            return f"metagen `configs/metagen/{name}.toml`"
+    return "metagen config: see the store's manifest.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="data/default.safetensors")
@@ -135,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         *([f"- weights: the mean of {len(info['averaged_from'])} checkpoints of this run, steps "
            f"{', '.join(str(a.get('step')) for a in info['averaged_from'])} (`scripts/average_checkpoints.py`)"]
           if info.get("averaged_from") else []),
-        f"- training store: `{train_cfg.get('train_store')}` (metagen `configs/metagen/train.toml`; rows subsampled per "
+        f"- training store: `{train_cfg.get('train_store')}` ({_store_config(train_cfg.get('train_store'))}; rows subsampled per "
         f"batch to n' in [{train_cfg.get('n_train_min')}, {train_cfg.get('n_train_max')}])",
         f"- validation stores: `{train_cfg.get('val_id_store')}`, `{train_cfg.get('val_ood_store')}`",
         f"- calibration: {json.dumps(info.get('calibration_store', 'half of the in-distribution validation store'))}",

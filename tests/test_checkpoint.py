@@ -144,13 +144,17 @@ def _average(*args: str, script: str = "average_checkpoints.py"):
 
 def test_average_checkpoints_is_the_mean_of_the_weights_and_refuses_mixed_runs(tmp_path):
     paths, states = [], []
+    store = tmp_path / "store"           # a training store's manifest names its metagen config
+    store.mkdir()
+    (store / "manifest.json").write_text(json.dumps({"config": {"name": "train_geometry"}}))
     for seed, step in ((1, 500), (2, 1500), (3, 1000)):
         torch.manual_seed(seed)
         model = MIEstimator(ModelConfig(**CFG))
         paths.append(str(tmp_path / f"s{step}.safetensors"))
         states.append({k: v.clone() for k, v in model.state_dict().items()})
         save_checkpoint(paths[-1], model, limits=WIDE, calibration=[0.1] * len(model.config.quantile_levels),
-                        info={"step": step, "init_from": {"path": "origin", "fingerprint": "f", "steps_before": 7}})
+                        info={"step": step, "init_from": {"path": "origin", "fingerprint": "f", "steps_before": 7},
+                              "config": {"train_store": str(store)}})
     out = tmp_path / "avg.safetensors"
     r = _average("--out", str(out), *paths)
     assert r.returncode == 0, r.stderr
@@ -167,6 +171,7 @@ def test_average_checkpoints_is_the_mean_of_the_weights_and_refuses_mixed_runs(t
                  script="write_model_card.py")
     assert r.returncode == 0, r.stderr
     assert "the mean of 3 checkpoints of this run, steps 500, 1500, 1000" in card.read_text()
+    assert "metagen `configs/metagen/train_geometry.toml`" in card.read_text()
 
     torch.manual_seed(4)
     other = tmp_path / "other.safetensors"
