@@ -214,6 +214,20 @@ INPUT_SWITCHES = ("use_knn", "knn_k", "knn_rows")
 changing them leaves every parameter's shape alone (disabled statistics are zeros)."""
 
 
+def _rebuilt(model: MIEstimator, config: ModelConfig, strict: bool) -> MIEstimator:
+    """A new MIEstimator(config) on `model`'s device and dtype holding `model`'s weights.
+
+    strict=False: parameters that only the new config has (new row layers) keep their
+    fresh initialisation; any other mismatch is an error.
+    """
+    ref = next(model.parameters())
+    new = MIEstimator(config).to(device=ref.device, dtype=ref.dtype)
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=strict)
+    if unexpected or any(not k.startswith("row_layers.") for k in missing):
+        raise RuntimeError(f"weights do not fit the new config: missing {missing}, unexpected {unexpected}")
+    return new
+
+
 def switch_inputs(model: MIEstimator, **changes) -> MIEstimator:
     """A new model with other input switches (`INPUT_SWITCHES`) and the weights of `model`.
 
@@ -226,9 +240,7 @@ def switch_inputs(model: MIEstimator, **changes) -> MIEstimator:
     if bad:
         raise ValueError(f"switch_inputs changes only {INPUT_SWITCHES}, not {bad}")
     config = dataclasses.replace(model.config, **changes)
-    ref = next(model.parameters())
-    new = MIEstimator(config).to(device=ref.device, dtype=ref.dtype)
-    new.load_state_dict(model.state_dict())
+    new = _rebuilt(model, config, strict=True)
     if config.use_knn and not model.config.use_knn:
         dim, ksg = config.dim, ksg_stats_slice(config)
         with torch.no_grad():
@@ -249,11 +261,7 @@ def add_row_layers(model: MIEstimator, row_layers: int) -> MIEstimator:
     old = model.config.row_layers
     if row_layers < old:
         raise ValueError(f"add_row_layers: the model already has {old} row layers, asked for {row_layers}")
-    config = dataclasses.replace(model.config, row_layers=row_layers)
-    ref = next(model.parameters())
-    new = MIEstimator(config).to(device=ref.device, dtype=ref.dtype)
-    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("row_layers.") for k in missing), (missing, unexpected)
+    new = _rebuilt(model, dataclasses.replace(model.config, row_layers=row_layers), strict=False)
     with torch.no_grad():
         for layer in new.row_layers[old:]:
             for linear in (layer.mab_out.out, layer.mab_out.ffn[-1]):

@@ -39,6 +39,11 @@ def outside_bands(coverage: dict[str, float], sets: int | None = None) -> float:
     return sum(max(0.0, lo - coverage[k] - noise(k), coverage[k] - hi - noise(k)) for k, (lo, hi) in BANDS.items())
 
 
+def band_distance(per_store: dict[str, dict]) -> float:
+    """One candidate's `outside_bands` summed over its stores (per_store[store] as in `rank`)."""
+    return sum(outside_bands(s["coverage"], s.get("count")) for s in per_store.values())
+
+
 def rank(scores: dict[str, dict[str, dict]]) -> list[str]:
     """Candidates ordered by the rule: summed distance outside the bands, then mean MAE.
 
@@ -47,8 +52,7 @@ def rank(scores: dict[str, dict[str, dict]]) -> list[str]:
     """
     def key(name: str) -> tuple[float, float]:
         per = scores[name].values()
-        return (round(sum(outside_bands(s["coverage"], s.get("count")) for s in per), 6),
-                sum(s["mae"] for s in per) / len(per))
+        return round(band_distance(scores[name]), 6), sum(s["mae"] for s in per) / len(per)
     return sorted(scores, key=key)
 
 
@@ -63,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if len(set(args.candidates)) != len(args.candidates):
         p.error("a candidate is named twice")
+    if len({Path(v).name for v in args.val}) != len(args.val):
+        p.error("validation stores need distinct folder names (results are filed under them)")
     for path in [*args.candidates, args.calib_store, *args.val]:
         if not Path(path).exists():
             p.error(f"no such file or store: {path}")
@@ -99,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             sc = scores[cand][s]
             cells += [f"{sc['mae']:.3f}", f"{sc['coverage']['50']:.3f}", f"{sc['coverage']['90']:.3f}",
                       f"{sc['width']['90']:.2f}"]
-        off = sum(outside_bands(scores[cand][s]["coverage"], scores[cand][s]["count"]) for s in stores)
-        lines.append(f"| {cand} | " + " | ".join(cells) + f" | {off:.3f} | {'yes' if cand == order[0] else ''} |")
+        lines.append(f"| {cand} | " + " | ".join(cells) + f" | {band_distance(scores[cand]):.3f} | {'yes' if cand == order[0] else ''} |")
     table = "\n".join(lines)
     print(table)
     (work / "selection.json").write_text(json.dumps({"order": order, "scores": scores, "table": table}, indent=1))

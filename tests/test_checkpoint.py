@@ -132,7 +132,7 @@ def test_save_validates_its_arguments(tmp_path, saved):
 WIDE = {**LIMITS, "n_max": 5000, "dx_max": 64, "dy_max": 64}   # the model card predicts at up to 20 x 20 dims
 
 
-def _average(*args: str, script: str = "average_checkpoints.py"):
+def _script(*args: str, script: str = "average_checkpoints.py"):
     import subprocess
     import sys
     from pathlib import Path
@@ -156,7 +156,7 @@ def test_average_checkpoints_is_the_mean_of_the_weights_and_refuses_mixed_runs(t
                         info={"step": step, "init_from": {"path": "origin", "fingerprint": "f", "steps_before": 7},
                               "config": {"train_store": str(store)}})
     out = tmp_path / "avg.safetensors"
-    r = _average("--out", str(out), *paths)
+    r = _script("--out", str(out), *paths)
     assert r.returncode == 0, r.stderr
     avg, meta = load_checkpoint(out)
     for k, v in avg.state_dict().items():
@@ -167,7 +167,7 @@ def test_average_checkpoints_is_the_mean_of_the_weights_and_refuses_mixed_runs(t
     assert [a["path"] for a in meta["info"]["averaged_from"]] == paths
     assert [a["step"] for a in meta["info"]["averaged_from"]] == [500, 1500, 1000]
     card = tmp_path / "card.md"   # the model card says so
-    r = _average("--checkpoint", str(out), "--results", str(tmp_path / "none"), "--out", str(card),
+    r = _script("--checkpoint", str(out), "--results", str(tmp_path / "none"), "--out", str(card),
                  script="write_model_card.py")
     assert r.returncode == 0, r.stderr
     assert "the mean of 3 checkpoints of this run, steps 500, 1500, 1000" in card.read_text()
@@ -176,11 +176,11 @@ def test_average_checkpoints_is_the_mean_of_the_weights_and_refuses_mixed_runs(t
     torch.manual_seed(4)
     other = tmp_path / "other.safetensors"
     save_checkpoint(other, MIEstimator(ModelConfig(**{**CFG, "dim": 32})), limits=WIDE)
-    r = _average("--out", str(tmp_path / "x.safetensors"), paths[0], str(other))
+    r = _script("--out", str(tmp_path / "x.safetensors"), paths[0], str(other))
     assert r.returncode == 2 and "model config differs" in r.stderr
     save_checkpoint(other, MIEstimator(ModelConfig(**CFG)), limits={**WIDE, "n_max": 900})
-    r = _average("--out", str(tmp_path / "x.safetensors"), paths[0], str(other))
+    r = _script("--out", str(tmp_path / "x.safetensors"), paths[0], str(other))
     assert r.returncode == 2 and "trained limits" in r.stderr
-    r = _average("--out", str(tmp_path / "x.safetensors"), str(tmp_path / "missing.safetensors"))
+    r = _script("--out", str(tmp_path / "x.safetensors"), str(tmp_path / "missing.safetensors"))
     assert r.returncode == 2 and "no such checkpoint" in r.stderr
     assert not (tmp_path / "x.safetensors").exists()

@@ -127,3 +127,8 @@ def test_select_checkpoint_refuses_missing_or_repeated_candidates(tmp_path):
     r = _run(str(tmp_path / "a.safetensors"), str(tmp_path / "a.safetensors"), "--calib-store", str(tmp_path),
              "--val", str(tmp_path), "--work", str(tmp_path / "w"), script="select_checkpoint.py")
     assert r.returncode == 2 and "named twice" in r.stderr
+    (tmp_path / "x" / "val").mkdir(parents=True)
+    (tmp_path / "y" / "val").mkdir(parents=True)
+    r = _run(str(tmp_path / "a.safetensors"), "--calib-store", str(tmp_path), "--val", str(tmp_path / "x" / "val"),
+             "--val", str(tmp_path / "y" / "val"), "--work", str(tmp_path / "w"), script="select_checkpoint.py")
+    assert r.returncode == 2 and "distinct folder names" in r.stderr
