@@ -1,7 +1,7 @@
 """Choose among candidate checkpoints on the validation stores, by the shipping rule.
 
     python scripts/select_checkpoint.py --calib-store $S/calib --val $S/val-id --val $S/val-ood \
-        --work /tmp/select data/default.safetensors runs/swa/average.safetensors runs/deep/last.safetensors
+        --work /tmp/select --jobs 2 data/default.safetensors runs/swa/average.safetensors runs/deep/last.safetensors
 
 Each candidate is prepared exactly as it would be shipped (``scripts/ship_checkpoint.py``:
 conformal offsets refit on the calibration store, extra arguments after ``--ship-args``)
@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import shlex
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -56,6 +58,34 @@ def rank(scores: dict[str, dict[str, dict]]) -> list[str]:
     return sorted(scores, key=key)
 
 
+def score_candidate(i: int, cand: str, calib_store: str, val: list[str], work: str, ship_args: str,
+                    threads: int) -> dict[str, dict] | int:
+    """Ship candidate `i` into `work` and score it on every validation store.
+
+    Returns {store name: the harness's overall summary (mae, coverage, width, count)},
+    or the failing step's exit code.
+    """
+    import ship_checkpoint  # noqa: PLC0415 (scripts/ is on sys.path when run as a script)
+
+    from eval import harness  # noqa: PLC0415
+
+    prepared = Path(work) / f"candidate-{i}.safetensors"
+    rc = ship_checkpoint.main(["--src", cand, "--calib-store", calib_store, "--out", str(prepared),
+                               *shlex.split(ship_args)])
+    if rc:
+        return rc
+    scores: dict[str, dict] = {}
+    for store in val:
+        out = Path(work) / f"candidate-{i}" / Path(store).name
+        rc = harness.main(["--store", store, "--out", str(out), "--checkpoint", str(prepared),
+                           "--estimators", "model", "--threads", str(threads), "--no-progress", "--no-plots"])
+        if rc:
+            return rc
+        summary = json.loads((out / "results.json").read_text())["estimators"]["model"]["overall"]
+        scores[Path(store).name] = {k: summary[k] for k in ("mae", "coverage", "width", "count")}
+    return scores
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("candidates", nargs="+", help="checkpoints (train.py's or shipped ones)")
@@ -63,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val", action="append", required=True, help="validation store (repeat: in- and out-of-distribution)")
     p.add_argument("--work", required=True, help="folder for the prepared checkpoints and harness outputs")
     p.add_argument("--ship-args", default="", help="extra arguments for ship_checkpoint.py, one quoted string")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per candidate")
+    p.add_argument("--jobs", type=int, default=1, help="candidates scored at once, one process each")
     args = p.parse_args(argv)
+    if args.jobs < 1 or args.threads < 1:
+        p.error("--jobs and --threads must be >= 1")
     if len(set(args.candidates)) != len(args.candidates):
         p.error("a candidate is named twice")
     if len({Path(v).name for v in args.val}) != len(args.val):
@@ -72,28 +105,20 @@ def main(argv: list[str] | None = None) -> int:
     for path in [*args.candidates, args.calib_store, *args.val]:
         if not Path(path).exists():
             p.error(f"no such file or store: {path}")
-    import ship_checkpoint  # noqa: PLC0415 (scripts/ is on sys.path when run as a script)
-
-    from eval import harness  # noqa: PLC0415
-
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    jobs = [(i, cand, args.calib_store, args.val, str(work), args.ship_args, args.threads)
+            for i, cand in enumerate(args.candidates)]
+    if args.jobs == 1:  # lazily: stops at the first failure
+        results = map(score_candidate, *zip(*jobs))
+    else:  # one process per candidate at a time (each runs torch with --threads threads)
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(score_candidate, *zip(*jobs)))
     scores: dict[str, dict[str, dict]] = {}
-    for i, cand in enumerate(args.candidates):
-        prepared = work / f"candidate-{i}.safetensors"
-        rc = ship_checkpoint.main(["--src", cand, "--calib-store", args.calib_store, "--out", str(prepared),
-                                   *shlex.split(args.ship_args)])
-        if rc:
-            return rc
-        scores[cand] = {}
-        for store in args.val:
-            out = work / f"candidate-{i}" / Path(store).name
-            rc = harness.main(["--store", store, "--out", str(out), "--checkpoint", str(prepared),
-                               "--estimators", "model", "--threads", str(args.threads), "--no-progress", "--no-plots"])
-            if rc:
-                return rc
-            summary = json.loads((out / "results.json").read_text())["estimators"]["model"]["overall"]
-            scores[cand][Path(store).name] = {k: summary[k] for k in ("mae", "coverage", "width", "count")}
+    for cand, result in zip(args.candidates, results):
+        if isinstance(result, int):
+            return result
+        scores[cand] = result
     order = rank(scores)
     stores = [Path(s).name for s in args.val]
     head = "| candidate | " + " | ".join(f"{s} MAE | {s} cov50 | {s} cov90 | {s} width90" for s in stores) + \

@@ -132,3 +132,6 @@ def test_select_checkpoint_refuses_missing_or_repeated_candidates(tmp_path):
     r = _run(str(tmp_path / "a.safetensors"), "--calib-store", str(tmp_path), "--val", str(tmp_path / "x" / "val"),
              "--val", str(tmp_path / "y" / "val"), "--work", str(tmp_path / "w"), script="select_checkpoint.py")
     assert r.returncode == 2 and "distinct folder names" in r.stderr
+    r = _run(str(tmp_path / "a.safetensors"), "--calib-store", str(tmp_path), "--val", str(tmp_path),
+             "--work", str(tmp_path / "w"), "--jobs", "0", script="select_checkpoint.py")
+    assert r.returncode == 2 and "--jobs and --threads must be >= 1" in r.stderr

@@ -424,12 +424,13 @@ def test_ship_checkpoint_calibrates_and_switches_knn_rows(stores, tmp_path):
 def test_select_checkpoint_ships_and_scores_every_candidate(stores, tmp_path):
     """scripts/select_checkpoint.py on a briefly trained run's validated checkpoints: each is
     calibrated as ship_checkpoint would, scored by the harness on the validation store, and the
-    table's numbers are those of the harness run on the prepared checkpoint."""
+    table's numbers are those of the harness run on the prepared checkpoint (candidates scored
+    in two processes: each result lands under its own candidate)."""
     assert train_here(tmp_path / "run", stores, "--steps", "4", "--eval_every", "2") == 0
     cands = [str(tmp_path / "run" / "evals" / f"step-{s:08d}.safetensors") for s in (2, 4)]
     work = tmp_path / "select"
     r = subprocess.run([PY, str(ROOT / "scripts" / "select_checkpoint.py"), *cands, "--calib-store", str(stores["train"]),
-                        "--val", str(stores["val"]), "--work", str(work), "--ship-args", "--max-sets 48"],
+                        "--val", str(stores["val"]), "--work", str(work), "--ship-args", "--max-sets 48", "--jobs", "2"],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     sel = json.loads((work / "selection.json").read_text())
