@@ -9,12 +9,13 @@
 # loader.json (stream loader with $WORKERS workers), train.log, metrics.jsonl, config.json,
 # best.safetensors and last.safetensors of the run (or the newest saved weights,
 # state.safetensors, if the time limit stopped it).
-# The run streams fresh sets from configs/metagen/train.toml (no 6 GB store to copy),
+# The run streams fresh sets from $STREAM_CONFIG (default configs/metagen/train_geometry.toml,
+# the distribution the shipped checkpoint was last trained on; no 6 GB store to copy),
 # validates on the first 300 / 200 sets of val-id / val-ood (same configs and seeds as the
 # README's validation stores, generated here), and fits its step count to TRAIN_SECONDS
 # from the measured loader rate. Wheels in .whl/ are installed first when normflows or
 # zarr is missing (the GPU image lacks both). Settings (environment): TRAIN_SECONDS (360), WORKERS (CPUs - 1), BATCH (64),
-# LR (2e-4), INIT (data/default.safetensors), PY (python3), SKIP_BENCH (1: skip step 2),
+# LR (2e-4), INIT (data/default.safetensors), STREAM_CONFIG, PY (python3), SKIP_BENCH (1: skip step 2),
 # STEPS (set: skip step 3 and train this many steps), STREAM_POOL (the config's), TRAIN_ARGS
 # (more train.py options); for a dry run on a CPU:
 #   OUT=/tmp/o DEVICE=cpu TRAIN_SECONDS=30 WORKERS=1 BENCH_BATCH=8 BENCH_STEPS=1 bash scripts/gpu_run.sh
@@ -27,6 +28,7 @@ WORKERS=${WORKERS:-$(( $(nproc) - 1 ))}
 BATCH=${BATCH:-64}
 LR=${LR:-2e-4}
 INIT=${INIT:-data/default.safetensors}
+STREAM_CONFIG=${STREAM_CONFIG:-configs/metagen/train_geometry.toml}
 WORK=${WORK:-/tmp/gpu_run}
 DEVICE=${DEVICE:-cuda}
 BENCH_BATCH=${BENCH_BATCH:-128}
@@ -68,7 +70,7 @@ stamp "step benchmarks done"; }
 # 3. stream loader rate with all workers (two windows of workers x pool micro-batches)
 POOL_ARGS=${STREAM_POOL:+--stream_pool $STREAM_POOL}
 if [ -z "${STEPS:-}" ]; then
-"$PY" scripts/bench_train_data.py --config configs/train/gpu.toml --stream-config configs/metagen/train.toml \
+"$PY" scripts/bench_train_data.py --config configs/train/gpu.toml --stream-config "$STREAM_CONFIG" \
     --workers "$WORKERS" --batches $(( 2 * WORKERS * ${STREAM_POOL:-32} )) --loader-only --batch_size "$BATCH" $POOL_ARGS \
     --out "$OUT/loader.json" > /dev/null 2>> "$OUT/env.txt"
 RATE=$("$PY" -c "import json; print(json.load(open('$OUT/loader.json'))['sources']['stream']['loader'][0]['batches_per_s_with_start'])")
@@ -84,7 +86,7 @@ set +e
 LIMIT=$(( TRAIN_SECONDS + 90 < DEADLINE - SECONDS - 40 ? TRAIN_SECONDS + 90 : DEADLINE - SECONDS - 40 ))
 stamp "train.py limited to $LIMIT s"
 timeout -s TERM -k 20 "$LIMIT" "$PY" train.py --config configs/train/gpu.toml \
-    --train_store none --stream_config configs/metagen/train.toml \
+    --train_store none --stream_config "$STREAM_CONFIG" \
     --val_id_store "$WORK/val-id" --val_ood_store "$WORK/val-ood" --max_val_sets 300 \
     --init-from "$INIT" --out_dir "$RUN" --steps "$STEPS" --batch_size "$BATCH" --lr "$LR" --min_lr 1e-5 \
     --warmup_steps 100 --n_train_full_fraction 0.8 --eval_every $(( STEPS / 4 )) --save_every 500 \
