@@ -132,7 +132,7 @@ def test_config_overrides_are_typed(tmp_path):
     (["--steps", "many"], "steps"),
     (["--model.no_such_field", "3"], "unknown model key"),
     (["--val_id_store", "/nonexistent/store"], "does not exist"),
-    (["--train_store", "/nonexistent/store"], "does not exist"),
+    (["--train_store", "/nonexistent/store"], "does not exist; build stores with `python -m metagen generate`"),
     (["--init-from", "/nonexistent/model.safetensors"], "does not exist"),
 ])
 def test_config_errors_return_2_with_one_line(stores, tmp_path, capsys, extra, needle):

@@ -76,7 +76,10 @@ class TrainConfig:
         for name in ("train_store", "stream_config", "val_id_store", "val_ood_store", "calib_store"):
             value = getattr(self, name)
             if value is not None and not Path(value).expanduser().exists():
-                raise ConfigError(f"{name}: path {value!r} does not exist")
+                hint = "" if name == "stream_config" else (
+                    "; build stores with `python -m metagen generate` (commands: the header of "
+                    "configs/train/cpu.toml, README 'Rebuilding')")
+                raise ConfigError(f"{name}: path {value!r} does not exist{hint}")
         positive = ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "save_every",
                     "keep_states", "n_train_min", "n_train_max", "threads", "eval_batch_size",
                     "eval_max_cells", "stream_pool")
