@@ -100,7 +100,7 @@ def test_n_tail_is_drawn():
     assert ns.max() <= 3000 and (ns > 50).sum() >= 25
 
 
-@pytest.mark.parametrize("name", ["train.toml", "train_geometry.toml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("train*.toml")))  # every training config
 def test_train_config_never_draws_held_out_pairs(name):
     train = load_config(CONFIGS / name)
     ood = load_config(CONFIGS / "test_ood.toml")
