@@ -23,6 +23,7 @@ import multiprocessing
 import shlex
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -107,13 +108,14 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"no such file or store: {path}")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    jobs = [(i, cand, args.calib_store, args.val, str(work), args.ship_args, args.threads)
-            for i, cand in enumerate(args.candidates)]
+    score = partial(score_candidate, calib_store=args.calib_store, val=args.val, work=str(work),
+                    ship_args=args.ship_args, threads=args.threads)
+    indices = range(len(args.candidates))
     if args.jobs == 1:  # lazily: stops at the first failure
-        results = map(score_candidate, *zip(*jobs))
+        results = map(score, indices, args.candidates)
     else:  # one process per candidate at a time (each runs torch with --threads threads)
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(score_candidate, *zip(*jobs)))
+            results = list(pool.map(score, indices, args.candidates))
     scores: dict[str, dict[str, dict]] = {}
     for cand, result in zip(args.candidates, results):
         if isinstance(result, int):

@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.checkpoint import lineage, load_checkpoint  # noqa: E402
+from metagen.store import MANIFEST_NAME, read_json  # noqa: E402
 
 
 def _fmt(v, nd=3) -> str:
@@ -94,12 +95,10 @@ def _limits_from_results(results_dir: Path) -> list[str]:
 
 def _store_config(path: str | None) -> str:
     """Which metagen config drew a training store: the name in its manifest, when the store is here."""
-    manifest = Path(str(path)) / "manifest.json"
-    if path and manifest.is_file():
-        name = (json.loads(manifest.read_text()).get("config") or {}).get("name")
-        if name:
-            return f"metagen `configs/metagen/{name}.toml`"
-    return "metagen config: see the store's manifest.json"
+    manifest = read_json(Path(path) / MANIFEST_NAME) if path else None
+    config = manifest.get("config") if isinstance(manifest, dict) else None
+    name = config.get("name") if isinstance(config, dict) else None
+    return f"metagen `configs/metagen/{name}.toml`" if name else f"metagen config: see the store's {MANIFEST_NAME}"
 
 
 def main(argv: list[str] | None = None) -> int:
