@@ -8,6 +8,13 @@ Names (``TRANSFORM_CODES`` is stable: new names are appended, never renumbered):
     swiss_roll, helix, append_tanh            injective embeddings into more coordinates
     half_cube+linear, linear+asinh, wiggly+spiral, asinh+flow, linear+swiss_roll
                                               fixed compositions ("a+b": a first, then b)
+    linear+spiral, spiral+linear, flow+linear, half_cube+flow, linear+flow, flow+asinh,
+    normal_cdf+spiral, helix+linear, swiss_roll+asinh, spiral+helix, linear+flow+asinh
+                                              more compositions (configs/metagen/train_compose.toml;
+                                              at most one embedding per composition; two
+                                              stacked non-coordinate-wise maps are left out:
+                                              tests/test_transforms.py's nearest-neighbour MI
+                                              check cannot follow them at n = 60,000)
 
 ``make_transform(name, dim_in, extra, rng, pilot)`` builds one with random parameters
 (scales fitted once on ``pilot``, a small sample of the input). ``embedding_extra``
@@ -30,6 +37,8 @@ TRANSFORM_NAMES: tuple[str, ...] = (
     "identity", "half_cube", "asinh", "normal_cdf", "wiggly", "linear", "spiral", "flow",
     "swiss_roll", "helix", "append_tanh",
     "half_cube+linear", "linear+asinh", "wiggly+spiral", "asinh+flow", "linear+swiss_roll",
+    "linear+spiral", "spiral+linear", "flow+linear", "half_cube+flow", "linear+flow", "flow+asinh",
+    "normal_cdf+spiral", "helix+linear", "swiss_roll+asinh", "spiral+helix", "linear+flow+asinh",
 )
 TRANSFORM_CODES: dict[str, int] = {name: i for i, name in enumerate(TRANSFORM_NAMES)}
 EMBEDDINGS = tuple(EMBEDDING_UNIT)
