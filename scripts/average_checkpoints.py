@@ -3,10 +3,13 @@
     python scripts/average_checkpoints.py --out runs/swa/average.safetensors \
         runs/swa/evals/step-00001000.safetensors runs/swa/evals/step-00001500.safetensors ...
 
-The checkpoints must share the model config and the trained limits (e.g. the
-``evals/step-*.safetensors`` that train.py writes along one run, best taken at a
-constant learning rate: Izmailov et al., "Averaging Weights Leads to Wider Optima and
-Better Generalization", 2018). The network has no batch statistics to recompute, so
+The checkpoints must share the model config and the trained n and dimension limits
+(e.g. the ``evals/step-*.safetensors`` that train.py writes along one run, best taken
+at a constant learning rate: Izmailov et al., "Averaging Weights Leads to Wider Optima
+and Better Generalization", 2018; or the last checkpoints of runs continued from the
+same weights on different stores, a "model soup": Wortsman et al., 2022). Their MI
+range (``mi_min``, ``mi_max``: the training store's extremes, which differ by sampling
+between stores of one MI distribution) may differ; the average gets their union. The network has no batch statistics to recompute, so
 the average is ready to use. Its conformal calibration is dropped (it belonged to
 other weights): refit it with ``scripts/ship_checkpoint.py --calib-store``. The info
 records the sources (``averaged_from``), and the step and lineage of the latest one, so
@@ -28,18 +31,25 @@ from model.checkpoint import lineage, load_checkpoint, save_checkpoint  # noqa: 
 def average_checkpoints(paths: list[str], out: str) -> dict:
     """Write the mean of the weights of `paths` (>= 1 checkpoints, same config and limits) to `out`.
 
-    Returns the metadata info written. Raises ValueError when the configs or limits differ.
+    Limits other than the MI range (nats) must be equal; the MI range written is the
+    union of theirs. Returns the metadata info written. Raises ValueError when the
+    configs or those limits differ.
     """
     if not paths:
         raise ValueError("average_checkpoints needs at least one checkpoint")
     loaded = [load_checkpoint(p) for p in paths]
     model, meta = loaded[0]
+    limits = dict(meta["limits"])
     for p, (m, mt) in zip(paths[1:], loaded[1:]):
         if m.config != model.config:
             raise ValueError(f"{p}: model config differs from {paths[0]}'s; only checkpoints of one architecture "
                              "can be averaged")
-        if mt["limits"] != meta["limits"]:
-            raise ValueError(f"{p}: trained limits {mt['limits']} differ from {paths[0]}'s {meta['limits']}")
+        if _without_mi(mt["limits"]) != _without_mi(meta["limits"]):
+            raise ValueError(f"{p}: trained limits {mt['limits']} differ from {paths[0]}'s {meta['limits']} "
+                             "(only the MI range may differ)")
+        for key, pick in (("mi_min", min), ("mi_max", max)):
+            if key in mt["limits"] and key in limits:
+                limits[key] = pick(limits[key], mt["limits"][key])
     states = [m.state_dict() for m, _ in loaded]
     mean = {k: (sum(s[k].double() for s in states) / len(states)).to(v.dtype) for k, v in states[0].items()}
     model.load_state_dict(mean)
@@ -47,13 +57,17 @@ def average_checkpoints(paths: list[str], out: str) -> dict:
     info = {k: v for k, v in (latest.get("info") or {}).items() if k in ("step", "config", "init_from")}
     info["averaged_from"] = [{**lineage(p, mt), "step": (mt.get("info") or {}).get("step")}
                              for p, (_, mt) in zip(paths, loaded)]
-    save_checkpoint(out, model, limits=meta["limits"], calibration=None, info=info)
+    save_checkpoint(out, model, limits=limits, calibration=None, info=info)
     return info
+
+
+def _without_mi(limits: dict) -> dict:
+    return {k: v for k, v in limits.items() if k not in ("mi_min", "mi_max")}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoints", nargs="+", help="checkpoints of one run (same model config and limits)")
+    p.add_argument("checkpoints", nargs="+", help="checkpoints of one architecture (same model config, n and dims limits)")
     p.add_argument("--out", required=True, help="where to write the averaged checkpoint")
     args = p.parse_args(argv)
     for c in args.checkpoints:

@@ -181,6 +181,12 @@ def test_average_checkpoints_is_the_mean_of_the_weights_and_refuses_mixed_runs(t
     save_checkpoint(other, MIEstimator(ModelConfig(**CFG)), limits={**WIDE, "n_max": 900})
     r = _script("--out", str(tmp_path / "x.safetensors"), paths[0], str(other))
     assert r.returncode == 2 and "trained limits" in r.stderr
+    # a soup of runs on different stores: only the MI range differs, and the average covers both
+    save_checkpoint(other, MIEstimator(ModelConfig(**CFG)), limits={**WIDE, "mi_max": WIDE["mi_max"] + 3})
+    r = _script("--out", str(tmp_path / "soup.safetensors"), paths[0], str(other))
+    assert r.returncode == 0, r.stderr
+    lim = load_checkpoint(tmp_path / "soup.safetensors")[1]["limits"]
+    assert lim == {**WIDE, "mi_max": WIDE["mi_max"] + 3}
     r = _script("--out", str(tmp_path / "x.safetensors"), str(tmp_path / "missing.safetensors"))
     assert r.returncode == 2 and "no such checkpoint" in r.stderr
     assert not (tmp_path / "x.safetensors").exists()
