@@ -12,8 +12,9 @@ range (``mi_min``, ``mi_max``: the training store's extremes, which differ by sa
 between stores of one MI distribution) may differ; the average gets their union. The network has no batch statistics to recompute, so
 the average is ready to use. Its conformal calibration is dropped (it belonged to
 other weights): refit it with ``scripts/ship_checkpoint.py --calib-store``. The info
-records the sources (``averaged_from``), and the step and lineage of the latest one, so
-the model card's step count stays that of the run.
+records the sources (``averaged_from``), and the step and lineage of the latest one
+(most steps in all, counting the checkpoints it was started from), so the model card's
+step count stays that of the run.
 """
 from __future__ import annotations
 
@@ -53,7 +54,9 @@ def average_checkpoints(paths: list[str], out: str) -> dict:
     states = [m.state_dict() for m, _ in loaded]
     mean = {k: (sum(s[k].double() for s in states) / len(states)).to(v.dtype) for k, v in states[0].items()}
     model.load_state_dict(mean)
-    latest = max(loaded, key=lambda mm: int((mm[1].get("info") or {}).get("step") or 0))[1]
+    # the latest: most training steps in all (its own plus those of what it was started from),
+    # so a soup of runs continued from one checkpoint keeps the longest chain's count
+    latest = max(zip(paths, loaded), key=lambda pm: lineage(pm[0], pm[1][1])["steps_before"])[1][1]
     info = {k: v for k, v in (latest.get("info") or {}).items() if k in ("step", "config", "init_from")}
     info["averaged_from"] = [{**lineage(p, mt), "step": (mt.get("info") or {}).get("step")}
                              for p, (_, mt) in zip(paths, loaded)]

@@ -187,6 +187,13 @@ def test_average_checkpoints_is_the_mean_of_the_weights_and_refuses_mixed_runs(t
     assert r.returncode == 0, r.stderr
     lim = load_checkpoint(tmp_path / "soup.safetensors")[1]["limits"]
     assert lim == {**WIDE, "mi_max": WIDE["mi_max"] + 3}
+    # "latest" counts the steps of what a checkpoint was started from: 900 + 2000 > 1500 + 7
+    save_checkpoint(other, MIEstimator(ModelConfig(**CFG)), limits=WIDE,
+                    info={"step": 900, "init_from": {"path": "p", "fingerprint": "g", "steps_before": 2000}})
+    r = _script("--out", str(tmp_path / "soup2.safetensors"), paths[1], str(other))
+    assert r.returncode == 0, r.stderr
+    info = load_checkpoint(tmp_path / "soup2.safetensors")[1]["info"]
+    assert info["step"] == 900 and info["init_from"]["steps_before"] == 2000
     r = _script("--out", str(tmp_path / "x.safetensors"), str(tmp_path / "missing.safetensors"))
     assert r.returncode == 2 and "no such checkpoint" in r.stderr
     assert not (tmp_path / "x.safetensors").exists()
