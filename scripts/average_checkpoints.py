@@ -1,4 +1,4 @@
-"""Average the weights of several checkpoints of one run (stochastic weight averaging).
+"""Average the weights of several checkpoints (stochastic weight averaging, model soups).
 
     python scripts/average_checkpoints.py --out runs/swa/average.safetensors \
         runs/swa/evals/step-00001000.safetensors runs/swa/evals/step-00001500.safetensors ...
@@ -9,9 +9,10 @@ at a constant learning rate: Izmailov et al., "Averaging Weights Leads to Wider 
 and Better Generalization", 2018; or the last checkpoints of runs continued from the
 same weights on different stores, a "model soup": Wortsman et al., 2022). Their MI
 range (``mi_min``, ``mi_max``: the training store's extremes, which differ by sampling
-between stores of one MI distribution) may differ; the average gets their union. The network has no batch statistics to recompute, so
-the average is ready to use. Its conformal calibration is dropped (it belonged to
-other weights): refit it with ``scripts/ship_checkpoint.py --calib-store``. The info
+between stores of one MI distribution) may differ; the average gets their union. The
+network has no batch statistics to recompute, so the average is ready to use. Its
+conformal calibration is dropped (it belonged to other weights): refit it with
+``scripts/ship_checkpoint.py --calib-store``. The info
 records the sources (``averaged_from``), and the step and lineage of the latest one
 (most steps in all, counting the checkpoints it was started from), so the model card's
 step count stays that of the run.
@@ -56,7 +57,8 @@ def average_checkpoints(paths: list[str], out: str) -> dict:
     model.load_state_dict(mean)
     # the latest: most training steps in all (its own plus those of what it was started from),
     # so a soup of runs continued from one checkpoint keeps the longest chain's count
-    latest = max(zip(paths, loaded), key=lambda pm: lineage(pm[0], pm[1][1])["steps_before"])[1][1]
+    total_steps = [lineage(p, mt)["steps_before"] for p, (_, mt) in zip(paths, loaded)]
+    latest = loaded[total_steps.index(max(total_steps))][1]
     info = {k: v for k, v in (latest.get("info") or {}).items() if k in ("step", "config", "init_from")}
     info["averaged_from"] = [{**lineage(p, mt), "step": (mt.get("info") or {}).get("step")}
                              for p, (_, mt) in zip(paths, loaded)]
