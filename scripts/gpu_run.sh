@@ -15,7 +15,8 @@
 # README's validation stores, generated here), and fits its step count to TRAIN_SECONDS
 # from the measured loader rate. Wheels in .whl/ are installed first when normflows or
 # zarr is missing (the GPU image lacks both). Settings (environment): TRAIN_SECONDS (360), WORKERS (CPUs - 1), BATCH (64),
-# LR (2e-4), INIT (data/default.safetensors), STREAM_CONFIG, PY (python3), SKIP_BENCH (1: skip step 2),
+# LR (2e-4), INIT (data/default.safetensors; INIT= for a network from scratch, e.g.
+# INIT= LR=1e-3 TRAIN_ARGS="--model.dim 64"), STREAM_CONFIG, PY (python3), SKIP_BENCH (1: skip step 2),
 # STEPS (set: skip step 3 and train this many steps), STREAM_POOL (the config's), TRAIN_ARGS
 # (more train.py options); for a dry run on a CPU:
 #   OUT=/tmp/o DEVICE=cpu TRAIN_SECONDS=30 WORKERS=1 BENCH_BATCH=8 BENCH_STEPS=1 bash scripts/gpu_run.sh
@@ -27,7 +28,7 @@ TRAIN_SECONDS=${TRAIN_SECONDS:-360}
 WORKERS=${WORKERS:-$(( $(nproc) - 1 ))}
 BATCH=${BATCH:-64}
 LR=${LR:-2e-4}
-INIT=${INIT:-data/default.safetensors}
+INIT=${INIT-data/default.safetensors}   # set but empty: from scratch
 STREAM_CONFIG=${STREAM_CONFIG:-configs/metagen/train_geometry.toml}
 WORK=${WORK:-/tmp/gpu_run}
 DEVICE=${DEVICE:-cuda}
@@ -78,7 +79,7 @@ STEPS=$("$PY" -c "print(max(200, int(0.9 * $RATE * $TRAIN_SECONDS) // 100 * 100)
 stamp "loader $RATE batches/s of $BATCH -> $STEPS steps"
 fi
 
-# 4. bf16 continuation of the shipped checkpoint on streamed sets
+# 4. bf16 continuation of the shipped checkpoint (or a network from scratch) on streamed sets
 RUN="$WORK/run"
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 10 > "$WORK/gpu_use.csv" 2>/dev/null &
 MONITOR=$!
@@ -88,7 +89,7 @@ stamp "train.py limited to $LIMIT s"
 timeout -s TERM -k 20 "$LIMIT" "$PY" train.py --config configs/train/gpu.toml \
     --train_store none --stream_config "$STREAM_CONFIG" \
     --val_id_store "$WORK/val-id" --val_ood_store "$WORK/val-ood" --max_val_sets 300 \
-    --init-from "$INIT" --out_dir "$RUN" --steps "$STEPS" --batch_size "$BATCH" --lr "$LR" --min_lr 1e-5 \
+    ${INIT:+--init-from "$INIT"} --out_dir "$RUN" --steps "$STEPS" --batch_size "$BATCH" --lr "$LR" --min_lr 1e-5 \
     --warmup_steps 100 --n_train_full_fraction 0.8 --eval_every $(( STEPS / 4 )) --save_every 500 \
     --log_every 50 --num_workers "$WORKERS" --threads 1 --mixed_precision bf16 $POOL_ARGS ${TRAIN_ARGS:-} > "$OUT/train.log" 2>&1
 stamp "train.py exit $?"
