@@ -55,13 +55,12 @@ def average_checkpoints(paths: list[str], out: str) -> dict:
     states = [m.state_dict() for m, _ in loaded]
     mean = {k: (sum(s[k].double() for s in states) / len(states)).to(v.dtype) for k, v in states[0].items()}
     model.load_state_dict(mean)
+    sources = [{**lineage(p, mt), "step": (mt.get("info") or {}).get("step")} for p, (_, mt) in zip(paths, loaded)]
     # the latest: most training steps in all (its own plus those of what it was started from),
     # so a soup of runs continued from one checkpoint keeps the longest chain's count
-    total_steps = [lineage(p, mt)["steps_before"] for p, (_, mt) in zip(paths, loaded)]
-    latest = loaded[total_steps.index(max(total_steps))][1]
+    latest = loaded[max(range(len(paths)), key=lambda i: sources[i]["steps_before"])][1]
     info = {k: v for k, v in (latest.get("info") or {}).items() if k in ("step", "config", "init_from")}
-    info["averaged_from"] = [{**lineage(p, mt), "step": (mt.get("info") or {}).get("step")}
-                             for p, (_, mt) in zip(paths, loaded)]
+    info["averaged_from"] = sources
     save_checkpoint(out, model, limits=limits, calibration=None, info=info)
     return info
 
