@@ -259,9 +259,12 @@ def build_model(cfg: TrainConfig, init_from: str | None):
     of a checkpoint and its lineage (model.checkpoint.lineage). With a checkpoint, cfg.model
     may still change the input switches (model.network.INPUT_SWITCHES, e.g. turn the kNN
     statistics on: the new inputs start with zero weights) and add row layers (a larger
-    ``row_layers``: the new layers start as the identity, model.network.add_row_layers);
-    other fields are ignored."""
-    from model.network import INPUT_SWITCHES, MIEstimator, add_row_layers, switch_inputs
+    ``row_layers``: the new layers start as the identity, model.network.add_row_layers) and
+    cell layers (a larger ``cell_layers``, likewise, model.network.add_cell_layers), and turn
+    on the per-column dependence features (``use_col_stats``: their embedding starts at zero,
+    model.network.add_column_statistics); other fields are ignored."""
+    from model.network import (INPUT_SWITCHES, MIEstimator, add_cell_layers, add_column_statistics, add_row_layers,
+                               switch_inputs)
 
     if init_from is None:
         return MIEstimator(cfg.model_config()), None
@@ -271,7 +274,10 @@ def build_model(cfg: TrainConfig, init_from: str | None):
     differ = {k: v for k, v in cfg.model.items() if getattr(model.config, k, v) != v}
     switches = {k: v for k, v in differ.items() if k in INPUT_SWITCHES}
     deeper = differ.get("row_layers", 0) > model.config.row_layers
-    ignored = {k: v for k, v in differ.items() if k not in INPUT_SWITCHES and not (k == "row_layers" and deeper)}
+    more_cells = differ.get("cell_layers", 0) > model.config.cell_layers
+    col_stats = bool(differ.get("use_col_stats", False))
+    grown = {k for k, more in (("row_layers", deeper), ("cell_layers", more_cells), ("use_col_stats", col_stats)) if more}
+    ignored = {k: v for k, v in differ.items() if k not in INPUT_SWITCHES and k not in grown}
     if ignored:
         print(f"train.py: note: --init-from keeps the checkpoint's architecture; ignoring {ignored}", file=sys.stderr)
     if switches:
@@ -281,6 +287,14 @@ def build_model(cfg: TrainConfig, init_from: str | None):
         print(f"train.py: note: --init-from with {differ['row_layers']} row layers instead of "
               f"{model.config.row_layers}: the new ones start as the identity", file=sys.stderr)
         model = add_row_layers(model, int(differ["row_layers"]))
+    if more_cells:
+        print(f"train.py: note: --init-from with {differ['cell_layers']} cell layers instead of "
+              f"{model.config.cell_layers}: the new ones start as the identity", file=sys.stderr)
+        model = add_cell_layers(model, int(differ["cell_layers"]))
+    if col_stats:
+        print("train.py: note: --init-from with the per-column dependence features turned on "
+              "(their embedding starts at zero)", file=sys.stderr)
+        model = add_column_statistics(model)
     model.train()
     return model, lineage(init_from, meta)
 

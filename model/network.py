@@ -16,8 +16,12 @@ Architecture (invariances hold exactly, by construction):
    nothing distinguishes "the x group" from "the y group", so swapping x and y gives
    exactly the same output, without the cost of averaging both orders (a role vector
    would need that averaging, doubling the cost, to be symmetric).
-2. Column context: masked mean of each column's cell tokens over the subsample,
-   turned into per-column weights W_j (basis x dim).
+2. Column context: masked mean of each column's cell tokens over the subsample, plus
+   (``use_col_stats``) an embedding of the column's dependence features (how strongly
+   it depends on the other block: `model.preprocess.column_statistics`), turned into
+   per-column weights W_j (basis x dim). Without a cell layer or those features every
+   copula-transformed column has nearly the same context, so all coordinates are
+   weighted alike in step 3.
 3. Row level (all rows): each cell value z_ij -> K learned scalar basis functions
    phi_k(z) = GELU(a_k z + b_k); the row's x summary is the masked mean over x columns
    of sum_k phi_k(z_ij) W_jk (one batched matmul over (column, basis) pairs, so the
@@ -39,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.blocks import ISAB, PMA, SAB
-from model.preprocess import KNN_FEATURES, Batch, ksg_stats_slice, stats_dim
+from model.preprocess import COL_FEATURES, KNN_FEATURES, Batch, ksg_stats_slice, stats_dim
 
 DEFAULT_LEVELS = (0.01, 0.025, 0.05) + tuple(round(0.1 + 0.05 * i, 2) for i in range(17)) + (0.95, 0.975, 0.99)
 
@@ -63,6 +67,7 @@ class ModelConfig:
     use_knn: bool = True  # kNN (KSG-style) per-row statistics as inputs
     knn_k: int = 3  # neighbours for the kNN statistics
     knn_rows: int = 256  # kNN reference rows (every row is a query against them)
+    use_col_stats: bool = False  # per-column dependence features in the column context (False: older checkpoints)
     quantile_levels: tuple[float, ...] = field(default=DEFAULT_LEVELS)  # fixed output grid, increasing in (0, 1)
 
     def __post_init__(self) -> None:
@@ -115,6 +120,14 @@ def _scalar_linear(layer: nn.Linear, x: Tensor) -> Tensor:
     return torch.addcmul(layer.bias, x.unsqueeze(-1), layer.weight[:, 0])
 
 
+def _zero_residual_outputs(linears) -> None:
+    """Zero the weights and biases of the given output projections (new layers start as the identity)."""
+    with torch.no_grad():
+        for linear in linears:
+            linear.weight.zero_()
+            linear.bias.zero_()
+
+
 class CellLayer(nn.Module):
     """One 2D attention layer: feature-axis attention within rows, then sample-axis ISAB within columns."""
 
@@ -146,6 +159,10 @@ class MIEstimator(nn.Module):
         dim = config.dim
         self.value_embed = nn.Sequential(nn.Linear(1, dim), nn.GELU(), nn.Linear(dim, dim))
         self.cell_layers = nn.ModuleList(CellLayer(config) for _ in range(config.cell_layers))
+        self.col_embed = None
+        if config.use_col_stats:  # last layer zero: the features join without changing the function
+            self.col_embed = nn.Sequential(nn.Linear(COL_FEATURES, dim), nn.GELU(), nn.Linear(dim, dim))
+            _zero_residual_outputs([self.col_embed[-1]])
         self.ctx_norm = nn.LayerNorm(dim)
         self.basis = nn.Linear(1, config.basis)
         with torch.no_grad():  # diverse initial basis functions over the normal-score range
@@ -182,6 +199,8 @@ class MIEstimator(nn.Module):
         for layer in self.cell_layers:
             h = layer(h, same, col_valid, batch.cell_mask)
         ctx = _masked_mean(h.transpose(1, 2), batch.cell_mask[:, None, :].expand(-1, h.shape[2], -1), dim=2)
+        if self.col_embed is not None:
+            ctx = ctx + self.col_embed(batch.cols.to(ctx.dtype))  # (B, D, dim)
         ctx = self.ctx_norm(ctx)  # (B, D, dim) per-column context
 
         # 2.-3. every row: basis features of each cell, mixed by per-column weights, pooled in x and in y
@@ -217,13 +236,13 @@ changing them leaves every parameter's shape alone (disabled statistics are zero
 def _rebuilt(model: MIEstimator, config: ModelConfig, strict: bool) -> MIEstimator:
     """A new MIEstimator(config) on `model`'s device and dtype holding `model`'s weights.
 
-    strict=False: parameters that only the new config has (new row layers) keep their
-    fresh initialisation; any other mismatch is an error.
+    strict=False: parameters that only the new config has (new row or cell layers, the
+    column-feature embedding) keep their fresh initialisation; any other mismatch is an error.
     """
     ref = next(model.parameters())
     new = MIEstimator(config).to(device=ref.device, dtype=ref.dtype)
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=strict)
-    if unexpected or any(not k.startswith("row_layers.") for k in missing):
+    if unexpected or any(not k.startswith(("row_layers.", "cell_layers.", "col_embed.")) for k in missing):
         raise RuntimeError(f"weights do not fit the new config: missing {missing}, unexpected {unexpected}")
     return new
 
@@ -262,12 +281,42 @@ def add_row_layers(model: MIEstimator, row_layers: int) -> MIEstimator:
     if row_layers < old:
         raise ValueError(f"add_row_layers: the model already has {old} row layers, asked for {row_layers}")
     new = _rebuilt(model, dataclasses.replace(model.config, row_layers=row_layers), strict=False)
-    with torch.no_grad():
-        for layer in new.row_layers[old:]:
-            for linear in (layer.mab_out.out, layer.mab_out.ffn[-1]):
-                linear.weight.zero_()
-                linear.bias.zero_()
+    _zero_residual_outputs(lin for layer in new.row_layers[old:] for lin in (layer.mab_out.out, layer.mab_out.ffn[-1]))
     return new.train(model.training)
 
 
-__all__ = ["ModelConfig", "MIEstimator", "DEFAULT_LEVELS", "INPUT_SWITCHES", "add_row_layers", "switch_inputs"]
+def add_cell_layers(model: MIEstimator, cell_layers: int) -> MIEstimator:
+    """A model with `cell_layers` 2D cell layers, computing exactly `model`'s function.
+
+    The new `CellLayer`s are appended after the trained ones (a model trained without
+    any, like the shipped CPU checkpoint, gets its first) with zero output projections in
+    both residual parts (the feature-axis SAB and the sample-axis ISAB's second block:
+    attention `out` and feed-forward last linear), so each starts as the identity on the
+    cell tokens and the column context is unchanged. Training then lets columns see one
+    another: without a cell layer the per-column context is a mean of one column's own
+    value embeddings, the same for every copula-transformed column up to noise.
+    """
+    old = model.config.cell_layers
+    if cell_layers < old:
+        raise ValueError(f"add_cell_layers: the model already has {old} cell layers, asked for {cell_layers}")
+    new = _rebuilt(model, dataclasses.replace(model.config, cell_layers=cell_layers), strict=False)
+    _zero_residual_outputs(
+        lin
+        for layer in new.cell_layers[old:]
+        for lin in (layer.feature.mab.out, layer.feature.mab.ffn[-1], layer.sample.mab_out.out, layer.sample.mab_out.ffn[-1])
+    )
+    return new.train(model.training)
+
+
+def add_column_statistics(model: MIEstimator) -> MIEstimator:
+    """`model` with the per-column dependence features (``use_col_stats``) turned on, same function.
+
+    The new embedding's last linear layer starts at zero (see `MIEstimator`), so the
+    column context, and every output, is unchanged until training moves it.
+    """
+    if model.config.use_col_stats:
+        return model
+    return _rebuilt(model, dataclasses.replace(model.config, use_col_stats=True), strict=False).train(model.training)
+
+
+__all__ = ["ModelConfig", "MIEstimator", "DEFAULT_LEVELS", "INPUT_SWITCHES", "add_cell_layers", "add_column_statistics", "add_row_layers", "switch_inputs"]

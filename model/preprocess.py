@@ -9,6 +9,9 @@ gradients:
   rows; see `canonical_subset` for why it keeps row-permutation invariance exact);
 - per-row KSG-style kNN statistics (max-norm, k = ``config.knn_k``) against a
   reference subset of at most ``config.knn_rows`` rows;
+- per-column dependence features (how strongly each coordinate depends on the other
+  block, linearly and through its magnitude; `column_statistics`), when
+  ``config.use_col_stats``;
 - swap-symmetric set statistics for the head (Gaussian-copula MI from the canonical
   correlations, top canonical pairs, mean KSG estimate, log n, dimension features).
 
@@ -40,6 +43,9 @@ R_MAX = 1.0 - 1e-8
 KNN_FEATURES = 4
 """Per-row kNN features: KSG term, u + v, |u - v|, log eps (see `knn_statistics`)."""
 
+COL_FEATURES = 8
+"""Per-column dependence features (see `column_statistics`)."""
+
 SUBSET_SEED = 20240917
 """Fixed seed of the deterministic (inference) row subsets."""
 
@@ -59,6 +65,7 @@ class Batch:
     col_mask: torch.Tensor  # (B, D) bool, True for real columns
     is_y: torch.Tensor  # (D,) bool, True for the y block [DX, D)
     knn: torch.Tensor  # (B, N, KNN_FEATURES) per-row kNN features (zeros if disabled)
+    cols: torch.Tensor  # (B, D, COL_FEATURES) per-column dependence features (zeros if disabled or padded)
     stats: torch.Tensor  # (B, S) swap-symmetric set statistics for the head
     n: torch.Tensor  # (B,) int64 rows per set
     dx: torch.Tensor  # (B,) int64
@@ -455,6 +462,60 @@ def knn_statistics(z: np.ndarray, dx: int, ref: np.ndarray, k: int) -> tuple[np.
     return feats, float(feats[:, 0].mean())
 
 
+def _standardized_columns(a: np.ndarray) -> np.ndarray:
+    """(n, d) -> (n, d) columns scaled to mean 0 and unit norm (constant columns -> zeros), float64."""
+    a = a - a.mean(axis=0)
+    norm = np.sqrt((a * a).sum(axis=0))
+    out = np.zeros_like(a)
+    ok = norm > 1e-12
+    out[:, ok] = a[:, ok] / norm[ok]
+    return out
+
+
+def column_statistics(z: np.ndarray, dx: int) -> np.ndarray:
+    """Per-column dependence features (D, COL_FEATURES) of copula scores z (n, D) (x block first).
+
+    For column j of one block against the columns k of the other block, with r_jk the
+    correlation of the scores, s_jk that of the squared scores (dependence of spread:
+    spirals, heavy tails, scale mixtures) and a_jk the larger of |corr(|z_j|, z_k)| and
+    |corr(z_j, |z_k|)| (U-shaped dependence):
+
+        [max_k |r_jk|, rms_k r_jk, max_k |s_jk|, rms_k s_jk, max_k a_jk,
+         max |correlation with the other columns of its own block| (0 if none),
+         sqrt(n) max_k |r_jk| / 8, sqrt(n) max_k |s_jk| / 8]
+
+    (the last two are z-scores: about 1/8 under independence, whatever n). The features
+    of a column do not depend on the order of rows or of the other columns, and the x
+    and y blocks are treated alike, so an x/y swap only swaps the blocks' rows.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    n, d = z.shape
+    out = np.zeros((d, COL_FEATURES))
+    if d < 2 or not 0 < dx < d or n < 3:
+        return out
+    u = _standardized_columns(z)
+    sq = _standardized_columns(z * z)
+    ab = _standardized_columns(np.abs(z))
+    r = u.T @ u  # (D, D) correlations; the blocks are [:dx, dx:] and [dx:, :dx]
+    s = sq.T @ sq
+    a = np.abs(ab.T @ u)  # a[j, k] = |corr(|z_j|, z_k)|
+    other = np.zeros((d, d), dtype=bool)
+    other[:dx, dx:] = other[dx:, :dx] = True
+    same = ~other
+    np.fill_diagonal(same, False)
+    cnt = other.sum(axis=1)
+    ra, sa = np.abs(r) * other, np.abs(s) * other
+    out[:, 0] = ra.max(axis=1)
+    out[:, 1] = np.sqrt((ra * ra).sum(axis=1) / cnt)
+    out[:, 2] = sa.max(axis=1)
+    out[:, 3] = np.sqrt((sa * sa).sum(axis=1) / cnt)
+    out[:, 4] = (np.maximum(a, a.T) * other).max(axis=1)
+    out[:, 5] = (np.abs(r) * same).max(axis=1)
+    out[:, 6] = np.sqrt(n) * out[:, 0] / 8
+    out[:, 7] = np.sqrt(n) * out[:, 2] / 8
+    return out
+
+
 def set_statistics(r: np.ndarray | None, ksg_mean: float | None, n: int, dx: int, dy: int, cca_top: int) -> np.ndarray:
     """Swap-symmetric statistics (S,) of one set for the head.
 
@@ -536,7 +597,8 @@ def prepare_batch(
             ref = subset(config.knn_rows, SUBSET_SEED + 1)
             knn, ksg = knn_statistics(z, dx, ref, config.knn_k)
         stats = set_statistics(r, ksg, n, dx, dy, config.cca_top)
-        per_set.append((z, dx, dy, cell_idx, knn, stats))
+        cols = column_statistics(z, dx) if config.use_col_stats else None
+        per_set.append((z, dx, dy, cell_idx, knn, stats, cols))
 
     b = len(per_set)
     big_n = max(p[0].shape[0] for p in per_set)
@@ -550,9 +612,10 @@ def prepare_batch(
     cell_mask = np.zeros((b, big_r), dtype=bool)
     col_mask = np.zeros((b, d), dtype=bool)
     knn_t = np.zeros((b, big_n, KNN_FEATURES), dtype=np.float32)
+    cols_t = np.zeros((b, d, COL_FEATURES), dtype=np.float32)
     stats_t = np.zeros((b, stats_dim(config)), dtype=np.float32)
     ns, dxs, dys = (np.zeros(b, dtype=np.int64) for _ in range(3))
-    for i, (z, dx, dy, cell_idx, knn, stats) in enumerate(per_set):
+    for i, (z, dx, dy, cell_idx, knn, stats, cols) in enumerate(per_set):
         n = z.shape[0]
         if dx == big_dx:  # x and y blocks are adjacent: one copy
             rows[i, :n, : dx + dy] = z
@@ -566,6 +629,9 @@ def prepare_batch(
         col_mask[i, big_dx : big_dx + dy] = True
         if knn is not None:
             knn_t[i, :n] = knn
+        if cols is not None:
+            cols_t[i, :dx] = cols[:dx]
+            cols_t[i, big_dx : big_dx + dy] = cols[dx:]
         stats_t[i] = stats
         ns[i], dxs[i], dys[i] = n, dx, dy
     is_y = np.zeros(d, dtype=bool)
@@ -578,6 +644,7 @@ def prepare_batch(
         col_mask=torch.from_numpy(col_mask),
         is_y=torch.from_numpy(is_y),
         knn=torch.from_numpy(knn_t),
+        cols=torch.from_numpy(cols_t),
         stats=torch.from_numpy(stats_t),
         n=torch.from_numpy(ns),
         dx=torch.from_numpy(dxs),

@@ -18,10 +18,13 @@ LIMITS = {"n_min": 10, "n_max": 500, "dx_max": 16, "dy_max": 16, "mi_max": 35.0}
 CFG = dict(dim=16, heads=2, cell_rows=16, inducing=4, knn_rows=32, head_hidden=16)
 
 
-@pytest.fixture()
-def saved(tmp_path):
+@pytest.fixture(params=[False, True], ids=["plain", "col_stats"])
+def saved(tmp_path, request):
     torch.manual_seed(0)
-    model = MIEstimator(ModelConfig(**CFG)).eval()
+    model = MIEstimator(ModelConfig(**CFG, use_col_stats=request.param)).eval()
+    if model.col_embed is not None:  # non-zero, so a lost weight would show in the outputs
+        with torch.no_grad():
+            model.col_embed[-1].weight.normal_(0.0, 0.5)
     path = tmp_path / "m.safetensors"
     cal = [0.01 * i for i in range(len(model.config.quantile_levels))]
     save_checkpoint(path, model, limits=LIMITS, calibration=cal, info={"steps": 3})

@@ -12,8 +12,15 @@ import pytest
 import torch
 from scipy.special import ndtr, ndtri
 
-from model.network import MIEstimator, ModelConfig, add_row_layers, switch_inputs
-from model.preprocess import ksg_stats_slice, prepare_batch, set_statistics
+from model.network import (
+    MIEstimator,
+    ModelConfig,
+    add_cell_layers,
+    add_column_statistics,
+    add_row_layers,
+    switch_inputs,
+)
+from model.preprocess import column_statistics, ksg_stats_slice, prepare_batch, set_statistics
 from model.quantiles import (
     apply_calibration,
     fit_calibration,
@@ -29,7 +36,11 @@ SMALL = dict(dim=16, heads=2, cell_layers=2, cell_rows=24, inducing=4, row_layer
 
 def _model(**kw) -> MIEstimator:
     torch.manual_seed(0)
-    return MIEstimator(ModelConfig(**{**SMALL, **kw})).double().eval()
+    model = MIEstimator(ModelConfig(**{**SMALL, **kw})).double().eval()
+    if model.col_embed is not None:  # its last layer starts at zero: give the features a real path
+        with torch.no_grad():
+            model.col_embed[-1].weight.normal_(0.0, 0.5)
+    return model
 
 
 def _run(model: MIEstimator, sets) -> np.ndarray:
@@ -44,9 +55,9 @@ def _pair(n, dx, dy, seed=0):
     return x, y
 
 
-@pytest.fixture(scope="module")
-def model():
-    return _model()
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "col_stats"])
+def model(request):
+    return _model(use_col_stats=request.param)
 
 
 @pytest.mark.parametrize("n", [30, 100])  # 100 > cell_rows and > knn_rows: both subsets are used
@@ -86,7 +97,9 @@ def test_padding_never_changes_the_output(model):
 
 
 @pytest.mark.parametrize(
-    "options", [{}, dict(use_cca=False, use_knn=False, input_transform="standardize")], ids=["default", "ablation"]
+    "options",
+    [{}, dict(use_col_stats=True), dict(use_cca=False, use_knn=False, input_transform="standardize")],
+    ids=["default", "col_stats", "ablation"],
 )
 def test_padding_invariance_in_float32(options):
     model = _model(**options).float()
@@ -146,8 +159,9 @@ def test_config_round_trip_and_unknown_keys():
         ModelConfig(quantile_levels=(0.5, 0.4))
 
 
-def test_gradients_reach_every_parameter():
-    model = _model().float().train()
+@pytest.mark.parametrize("col_stats", [False, True])
+def test_gradients_reach_every_parameter(col_stats):
+    model = _model(use_col_stats=col_stats).float().train()
     sets = [_pair(50, 2, 3, s) for s in range(3)]
     out = model(prepare_batch(sets, model.config, rng=np.random.default_rng(0)))
     out.sum().backward()
@@ -196,6 +210,80 @@ def test_adding_row_layers_starts_from_the_same_function_and_then_learns():
     assert add_row_layers(old, old.config.row_layers).config == old.config
     with pytest.raises(ValueError, match="already has"):
         add_row_layers(new, old.config.row_layers)
+
+
+def test_adding_a_cell_layer_to_a_model_without_one_starts_from_the_same_function_and_then_learns():
+    old = _model(cell_layers=0)
+    new = add_cell_layers(old, 1)
+    assert len(new.cell_layers) == 1 and new.num_parameters() > old.num_parameters()
+    sets = [_pair(80, 3, 2, seed=1), _pair(40, 1, 1, seed=2), _pair(25, 4, 4, seed=3)]
+    with torch.no_grad():   # padded rows and columns included (three sizes in one batch)
+        np.testing.assert_allclose(_run(new, sets), _run(old, sets), rtol=1e-12, atol=1e-12)
+    batch = prepare_batch(sets, new.config).to(dtype=torch.float64)
+    new.zero_grad()
+    new(batch).sum().backward()
+    layer = new.cell_layers[0]
+    for lin in (layer.feature.mab.out, layer.feature.mab.ffn[-1], layer.sample.mab_out.out, layer.sample.mab_out.ffn[-1]):
+        assert lin.weight.grad.abs().sum() > 0
+    with torch.no_grad():   # once the new layer's weights move, the function changes
+        layer.feature.mab.out.weight.normal_(0.0, 0.5)
+        assert np.abs(_run(new, sets) - _run(old, sets)).max() > 1e-6
+    assert add_cell_layers(old, 0).config == old.config
+    with pytest.raises(ValueError, match="already has"):
+        add_cell_layers(new, 0)
+
+
+def test_turning_column_statistics_on_starts_from_the_same_function_and_then_learns():
+    old = _model(cell_layers=0)
+    new = add_column_statistics(old)
+    assert new.config.use_col_stats and new.num_parameters() > old.num_parameters()
+    sets = [_pair(80, 3, 2, seed=1), _pair(40, 1, 1, seed=2), _pair(25, 4, 4, seed=3)]
+    with torch.no_grad():   # the new inputs are real (non-zero) features, read by a zero last layer
+        assert prepare_batch(sets, new.config).cols.abs().sum() > 0
+        np.testing.assert_allclose(_run(new, sets), _run(old, sets), rtol=1e-12, atol=1e-12)
+    batch = prepare_batch(sets, new.config).to(dtype=torch.float64)
+    new.zero_grad()
+    new(batch).sum().backward()
+    assert new.col_embed[-1].weight.grad.abs().sum() > 0
+    assert add_column_statistics(new) is new
+
+
+def _column_statistics_reference(z: np.ndarray, dx: int) -> np.ndarray:
+    """column_statistics written with np.corrcoef, one column at a time."""
+    n, d = z.shape
+    out = np.zeros((d, 8))
+    for j in range(d):
+        others = range(dx, d) if j < dx else range(dx)
+        own = [k for k in (range(dx) if j < dx else range(dx, d)) if k != j]
+        r = np.array([np.corrcoef(z[:, j], z[:, k])[0, 1] for k in others])
+        s = np.array([np.corrcoef(z[:, j] ** 2, z[:, k] ** 2)[0, 1] for k in others])
+        a = np.array([max(abs(np.corrcoef(np.abs(z[:, j]), z[:, k])[0, 1]), abs(np.corrcoef(z[:, j], np.abs(z[:, k]))[0, 1]))
+                      for k in others])
+        w = max((abs(np.corrcoef(z[:, j], z[:, k])[0, 1]) for k in own), default=0.0)
+        out[j] = [np.abs(r).max(), np.sqrt(np.mean(r**2)), np.abs(s).max(), np.sqrt(np.mean(s**2)), a.max(), w,
+                  np.sqrt(n) * np.abs(r).max() / 8, np.sqrt(n) * np.abs(s).max() / 8]
+    return out
+
+
+def test_column_statistics_match_a_reference_and_are_equivariant():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(200, 5))
+    z[:, 3] = z[:, 0] ** 2 + 0.5 * rng.normal(size=200)   # y column 0 depends on x column 0 through its magnitude
+    z[:, 4] = z[:, 1] + 0.5 * rng.normal(size=200)        # y column 1 depends linearly on x column 1
+    got = column_statistics(z, 3)
+    np.testing.assert_allclose(got, _column_statistics_reference(z, 3), rtol=1e-10, atol=1e-12)
+    rows = rng.permutation(200)
+    np.testing.assert_allclose(column_statistics(z[rows], 3), got, atol=1e-12)
+    perm = [2, 0, 1, 4, 3]
+    np.testing.assert_allclose(column_statistics(z[:, perm], 3), got[perm], atol=1e-12)
+    swapped = np.concatenate([z[:, 3:], z[:, :3]], axis=1)
+    np.testing.assert_allclose(column_statistics(swapped, 2), np.concatenate([got[3:], got[:3]]), atol=1e-12)
+    # the independent x column 2 scores low everywhere; the dependent pairs high where they should
+    assert got[2, 6] < 0.45 and got[2, 7] < 0.45     # independence: |r| ~ 1 / sqrt(n), so z-score / 8 ~ 0.1-0.3
+    assert got[1, 6] > 1.2 and got[4, 6] > 1.2       # linear pair: correlation z-score
+    assert got[0, 7] > 1.0 and got[3, 4] > 0.5       # magnitude pair: squared-score and |z| features
+    assert got[0, 0] < 0.3                          # ... which plain correlation misses
+    assert not column_statistics(z[:, :1], 1).any()  # one block empty: nothing to compare
 
 
 def test_target_transform_round_trip():

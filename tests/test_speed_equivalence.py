@@ -18,6 +18,7 @@ from scipy.stats import rankdata
 
 from model.network import MIEstimator, ModelConfig
 from model.preprocess import (
+    COL_FEATURES,
     KNN_FEATURES,
     R_MAX,
     SUBSET_SEED,
@@ -317,6 +318,7 @@ def ref_prepare_batch(
         col_mask=torch.from_numpy(col_mask),
         is_y=torch.from_numpy(is_y),
         knn=torch.from_numpy(knn_t),
+        cols=torch.zeros((b, d, COL_FEATURES)),
         stats=torch.from_numpy(stats_t),
         n=torch.from_numpy(ns),
         dx=torch.from_numpy(dxs),

@@ -10,10 +10,10 @@ from model.preprocess import prepare_batch
 from model.tracing import trace_single_set
 
 
-@pytest.fixture(scope="module")
-def model() -> MIEstimator:
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "col_stats"])
+def model(request) -> MIEstimator:
     torch.manual_seed(1)
-    m = MIEstimator(ModelConfig(dim=16, heads=2, cell_rows=16, knn_rows=64))
+    m = MIEstimator(ModelConfig(dim=16, heads=2, cell_rows=16, knn_rows=64, use_col_stats=request.param))
     with torch.no_grad():  # non-trivial values everywhere (zero-initialised biases stay zero otherwise)
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))

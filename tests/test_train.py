@@ -377,15 +377,17 @@ def test_end_to_end_loss_falls_and_checkpoint_loads(stores, tmp_path):
     assert cont_meta["info"]["init_from"] == {"path": str(out / "best.safetensors"), "fingerprint": meta["fingerprint"],
                                               "steps_before": meta["info"]["step"]}
     third = tmp_path / "third"
-    # ... and may change the input switches (here: drop the kNN statistics) and add row layers,
-    # nothing else of the architecture
+    # ... and may change the input switches (here: drop the kNN statistics) and add row and
+    # cell layers, nothing else of the architecture
     assert train_here(third, stores, "--init-from", str(again / "last.safetensors"), "--steps", "1",
                       "--eval_every", "1", "--model.use_knn", "false",
-                      "--model.row_layers", str(best.config.row_layers + 1)) == 0
+                      "--model.row_layers", str(best.config.row_layers + 1),
+                      "--model.cell_layers", str(best.config.cell_layers + 1)) == 0
     third_model, third_meta = load_checkpoint(third / "last.safetensors")
     assert third_meta["info"]["init_from"]["steps_before"] == meta["info"]["step"] + 2
     assert not third_model.config.use_knn and third_model.config.dim == best.config.dim
     assert third_model.config.row_layers == best.config.row_layers + 1
+    assert third_model.config.cell_layers == best.config.cell_layers + 1
 
 
 def test_ship_checkpoint_calibrates_and_switches_knn_rows(stores, tmp_path):
