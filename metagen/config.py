@@ -39,6 +39,13 @@ A pair matches a task when the family is equal (or ``"*"``) and the transform is
 equal to the task's transform name or to one ``+``-separated component of it (or
 ``"*"``). Top-level keys ``exclude``/``only`` must come before the first table.
 
+A config may start from another one: ``base = "train_geometry.toml"`` (a path
+relative to the file; the base may have its own base). Tables are merged key by
+key (a weight table gains or overrides names; weight 0 drops one), every other value
+(``name``, ``seed``, ``exclude``, ...) replaces the base's. Only the merged result
+counts: a store's manifest and config fingerprint are those of the resolved config,
+so writing a config with ``base`` changes nothing for stores made from the flat one.
+
 Every error is a ``ConfigError`` with a one-line message naming the field.
 """
 from __future__ import annotations
@@ -279,17 +286,39 @@ def _check_reachable(cfg: GeneratorConfig) -> None:
         raise ConfigError(f"mi.independent_fraction: > 0 but {field} leaves no transform for family 'independent'")
 
 
-def load_config(path: str | Path) -> GeneratorConfig:
-    """Read and validate a generator config TOML file (raises ``ConfigError``)."""
-    path = Path(path)
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`: tables merged key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _load_raw(path: Path, field: str, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The TOML table of `path` with its ``base`` chain resolved (raises ``ConfigError``)."""
     try:
         with path.open("rb") as fh:
             raw = tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"config: file not found: {path}") from None
+        raise ConfigError(f"{field}: file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config: invalid TOML in {path}: {str(exc).splitlines()[0]}") from None
-    return config_from_dict(raw)
+        raise ConfigError(f"{field}: invalid TOML in {path}: {str(exc).splitlines()[0]}") from None
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"base: must be the path of another config file, got {base!r}")
+    here = path.resolve()
+    target = (path.parent / base).resolve()
+    if target in chain + (here,):
+        names = " -> ".join(p.name for p in chain + (here, target))
+        raise ConfigError(f"base: configs inherit from each other in a cycle ({names})")
+    return _merge(_load_raw(target, "base", chain + (here,)), raw)
+
+
+def load_config(path: str | Path) -> GeneratorConfig:
+    """Read and validate a generator config TOML file, resolving ``base`` (raises ``ConfigError``)."""
+    return config_from_dict(_load_raw(Path(path), "config"))
 
 
 def config_to_dict(cfg: GeneratorConfig) -> dict[str, Any]:

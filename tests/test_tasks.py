@@ -3,6 +3,7 @@ bounds on dims and n, sample hygiene, and one-line ConfigErrors naming the field
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def tiny():
     return load_config(CONFIGS / "tiny.toml")
 
 
-@pytest.mark.parametrize("name", ["tiny", "train", "test_id", "test_ood"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("*.toml")))
 def test_shipped_configs_load_and_round_trip(name):
     cfg = load_config(CONFIGS / f"{name}.toml")
     assert cfg.name == name
@@ -201,6 +202,55 @@ def test_missing_field_and_bad_toml(tmp_path):
         load_config(p)
     with pytest.raises(ConfigError, match=r"^config: file not found"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_base_config_is_merged_table_by_table(tmp_path):
+    """`base = ...`: tables merged key by key, other values replaced; the result equals the
+    flat config written out in full, so stores (fingerprints of the resolved config) agree."""
+    (tmp_path / "parent.toml").write_text((CONFIGS / "tiny.toml").read_text())
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.toml"
+    child.write_text('base = "../parent.toml"\nname = "child"\nexclude = [["*", "spiral"]]\n'
+                     '[mi]\ntail_fraction = 0.4\n[transforms]\nspiral = 2.0\nidentity = 0\n')
+    got = load_config(child)
+    flat = config_to_dict(load_config(CONFIGS / "tiny.toml"))
+    flat["name"] = "child"
+    flat["exclude"] = [["*", "spiral"]]
+    flat["mi"]["tail_fraction"] = 0.4
+    flat["transforms"] = {k: v for k, v in {**flat["transforms"], "spiral": 2.0}.items() if k != "identity"}
+    assert got == config_from_dict(flat)
+    grandchild = tmp_path / "grandchild.toml"   # a chain of bases
+    grandchild.write_text('base = "sub/child.toml"\nseed = 9\n')
+    assert load_config(grandchild) == dataclasses.replace(got, seed=9)
+
+
+def test_derived_shipped_configs_differ_from_their_base_only_where_they_say():
+    base = config_to_dict(load_config(CONFIGS / "train_geometry.toml"))
+    compose = config_to_dict(load_config(CONFIGS / "train_compose.toml"))
+    hi_mi = config_to_dict(load_config(CONFIGS / "train_geometry_hi_mi.toml"))
+    assert {k for k in base if base[k] != compose[k]} == {"name", "seed", "num_sets", "transforms"}
+    assert set(compose["transforms"]) > set(base["transforms"])
+    assert all(compose["transforms"][k] == w for k, w in base["transforms"].items())
+    assert {k for k in base if base[k] != hi_mi[k]} == {"name", "mi"}
+    assert hi_mi["mi"] == {**base["mi"], "tail_fraction": 0.30}
+
+
+def test_base_config_errors(tmp_path):
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text('base = "b.toml"\n')
+    b.write_text('base = "a.toml"\n')
+    with pytest.raises(ConfigError, match=r"^base: configs inherit from each other in a cycle \(a.toml -> b.toml -> a.toml\)"):
+        load_config(a)
+    a.write_text('base = "nowhere.toml"\n')
+    with pytest.raises(ConfigError, match=r"^base: file not found: .*nowhere.toml"):
+        load_config(a)
+    a.write_text("base = 3\n")
+    with pytest.raises(ConfigError, match=r"^base: must be the path of another config file, got 3"):
+        load_config(a)
+    b.write_text("name = \n")
+    a.write_text('base = "b.toml"\n')
+    with pytest.raises(ConfigError, match=r"^base: invalid TOML"):
+        load_config(a)
 
 
 def test_family_and_transform_codes_are_stable():
