@@ -462,14 +462,11 @@ def knn_statistics(z: np.ndarray, dx: int, ref: np.ndarray, k: int) -> tuple[np.
     return feats, float(feats[:, 0].mean())
 
 
-def _standardized_columns(a: np.ndarray) -> np.ndarray:
+def _standardized_columns(a: torch.Tensor) -> torch.Tensor:
     """(n, d) -> (n, d) columns scaled to mean 0 and unit norm (constant columns -> zeros), float64."""
-    a = a - a.mean(axis=0)
-    norm = np.sqrt((a * a).sum(axis=0))
-    out = np.zeros_like(a)
-    ok = norm > 1e-12
-    out[:, ok] = a[:, ok] / norm[ok]
-    return out
+    a = a - a.mean(dim=0)
+    norm = a.norm(dim=0)
+    return torch.where(norm > 1e-12, a / norm.clamp_min(1e-12), torch.zeros_like(a))
 
 
 def column_statistics(z: np.ndarray, dx: int) -> np.ndarray:
@@ -487,30 +484,31 @@ def column_statistics(z: np.ndarray, dx: int) -> np.ndarray:
     (the last two are z-scores: about 1/8 under independence, whatever n). The features
     of a column do not depend on the order of rows or of the other columns, and the x
     and y blocks are treated alike, so an x/y swap only swaps the blocks' rows.
+    Products in torch float64 (which follows torch.set_num_threads, like
+    `canonical_correlations`); only the blocks that are used: ~1.75 D^2 n multiply-adds.
     """
     z = np.asarray(z, dtype=np.float64)
     n, d = z.shape
     out = np.zeros((d, COL_FEATURES))
     if d < 2 or not 0 < dx < d or n < 3:
         return out
-    u = _standardized_columns(z)
-    sq = _standardized_columns(z * z)
-    ab = _standardized_columns(np.abs(z))
-    r = u.T @ u  # (D, D) correlations; the blocks are [:dx, dx:] and [dx:, :dx]
-    s = sq.T @ sq
-    a = np.abs(ab.T @ u)  # a[j, k] = |corr(|z_j|, z_k)|
-    other = np.zeros((d, d), dtype=bool)
-    other[:dx, dx:] = other[dx:, :dx] = True
-    same = ~other
-    np.fill_diagonal(same, False)
-    cnt = other.sum(axis=1)
-    ra, sa = np.abs(r) * other, np.abs(s) * other
-    out[:, 0] = ra.max(axis=1)
-    out[:, 1] = np.sqrt((ra * ra).sum(axis=1) / cnt)
-    out[:, 2] = sa.max(axis=1)
-    out[:, 3] = np.sqrt((sa * sa).sum(axis=1) / cnt)
-    out[:, 4] = (np.maximum(a, a.T) * other).max(axis=1)
-    out[:, 5] = (np.abs(r) * same).max(axis=1)
+    zt = torch.from_numpy(z)
+    u = _standardized_columns(zt)
+    sq = _standardized_columns(zt * zt)
+    ab = _standardized_columns(zt.abs())
+    r = (u.T @ u).abs().numpy()  # (D, D) |correlations|: cross blocks [:dx, dx:], own blocks on the diagonal
+    s = (sq[:, :dx].T @ sq[:, dx:]).abs().numpy()  # (dx, dy)
+    a = np.maximum((ab[:, :dx].T @ u[:, dx:]).abs().numpy(), (u[:, :dx].T @ ab[:, dx:]).abs().numpy())  # (dx, dy)
+    rxy = r[:dx, dx:]
+    for rows, cross, ss, aa in ((slice(0, dx), rxy, s, a), (slice(dx, d), rxy.T, s.T, a.T)):
+        out[rows, 0] = cross.max(axis=1)
+        out[rows, 1] = np.sqrt((cross * cross).mean(axis=1))
+        out[rows, 2] = ss.max(axis=1)
+        out[rows, 3] = np.sqrt((ss * ss).mean(axis=1))
+        out[rows, 4] = aa.max(axis=1)
+        own = r[rows, rows].copy()
+        np.fill_diagonal(own, 0.0)
+        out[rows, 5] = own.max(axis=1)
     out[:, 6] = np.sqrt(n) * out[:, 0] / 8
     out[:, 7] = np.sqrt(n) * out[:, 2] / 8
     return out
