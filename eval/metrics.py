@@ -77,6 +77,15 @@ def family_groups(family: str, transform: str, dx: int, dy: int) -> list[str]:
     return out
 
 
+GEOMETRIC_GROUPS = ("embeddings", "spirals", "flows")
+"""The family groups whose transform bends space (not coordinate-wise, not linear)."""
+
+
+def is_geometric(transform: str) -> bool:
+    """True when the transform (or a component of a composition) is a spiral, flow or embedding."""
+    return any(g in GEOMETRIC_GROUPS for g in family_groups("", transform, 1, 1))
+
+
 def quantile_at(levels: Sequence[float], quantiles: np.ndarray, level: float) -> np.ndarray:
     """Quantile at `level` from quantiles (S, Q) given at sorted `levels` (Q,): linear interpolation. (S,)"""
     lv = np.asarray(levels, dtype=np.float64)

@@ -89,17 +89,21 @@ def fit_calibration(pred_grid: np.ndarray, target_t: np.ndarray, levels, groups=
     such group, and in the whole set, mean(t <= pred_q + c_q) >= tau_q above the median
     and <= tau_q + 1/N_g below it, so every central interval covers at least its nominal
     share of each group: coverage that holds across, e.g., dimension ranges, not just
-    on average over the mix.
+    on average over the mix. groups may also be a list of such label arrays (several
+    groupings, e.g. dimension ranges and transform kinds): then every group of every
+    grouping is covered.
     """
     if groups is not None:
-        groups = np.asarray(groups)
-        if groups.shape != (np.shape(target_t)[0],):
-            raise ValueError(f"groups must have shape ({np.shape(target_t)[0]},), got {groups.shape}")
+        groupings = [np.asarray(g) for g in groups] if isinstance(groups, (list, tuple)) else [np.asarray(groups)]
+        for g in groupings:
+            if g.shape != (np.shape(target_t)[0],):
+                raise ValueError(f"groups must have shape ({np.shape(target_t)[0]},), got {g.shape}")
         levels = np.asarray(levels, dtype=np.float64)
         pooled = fit_calibration(pred_grid, target_t, levels)
         pred_grid, target_t = np.asarray(pred_grid), np.asarray(target_t)
-        per = np.array([pooled] + [fit_calibration(pred_grid[groups == g], target_t[groups == g], levels)
-                                   for g in np.unique(groups) if np.sum(groups == g) >= min_group])  # (1 + G, Q)
+        per = np.array([pooled] + [fit_calibration(pred_grid[g == lab], target_t[g == lab], levels)
+                                   for g in groupings for lab in np.unique(g)
+                                   if np.sum(g == lab) >= min_group])  # (1 + groups, Q)
         return np.where(levels > 0.5, per.max(axis=0), np.where(levels < 0.5, per.min(axis=0), pooled))
     pred_grid = np.asarray(pred_grid, dtype=np.float64)
     target_t = np.asarray(target_t, dtype=np.float64)

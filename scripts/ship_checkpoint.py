@@ -13,8 +13,11 @@ training nor for testing (predictions made exactly as ``infer`` makes them, i.e.
 with the same subsampling rule), and write the result. ``--calib-groups dims``
 (default) makes the offsets group-robust over the harness's dimension ranges
 (max(dx, dy) <= 5, 6-25, > 25; ``model.quantiles.fit_calibration``): every range
-of the calibration store gets at least nominal interval coverage, not only the mix. Prints the coverage of each
-quantile level on the calibration store before and after.
+of the calibration store gets at least nominal interval coverage, not only the mix.
+``--calib-groups dims+geometry`` also makes them robust over transform kinds: sets
+whose transform bends space (spiral, flow, Swiss roll, helix, embeddings; where the
+model errs most, and all of the held-out pairs) and the rest. Prints the coverage of
+each quantile level on the calibration store before and after.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import infer  # noqa: E402
-from eval.metrics import dims_bucket, interval_scores  # noqa: E402
+from eval.metrics import dims_bucket, interval_scores, is_geometric  # noqa: E402
 from metagen.store import open_store  # noqa: E402
 from model.checkpoint import lineage, load_checkpoint, save_checkpoint  # noqa: E402
 from model.network import switch_inputs  # noqa: E402
@@ -67,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-store", help="store to refit the conformal offsets on (default: keep the run's)")
     p.add_argument("--max-sets", type=int, default=0, help="use at most this many calibration sets (0: all)")
     p.add_argument("--n-max", type=int, help="largest n inference takes without subsampling")
-    p.add_argument("--calib-groups", choices=("dims", "none"), default="dims",
-                   help="group-robust offsets over dimension ranges (default) or one pooled fit")
+    p.add_argument("--calib-groups", choices=("dims", "dims+geometry", "none"), default="dims",
+                   help="group-robust offsets over dimension ranges (default), over those and over "
+                        "geometric vs other transforms, or one pooled fit")
     p.add_argument("--knn-rows", type=int, help="kNN reference rows at inference (default: the run's)")
     p.add_argument("--init-from", help="the checkpoint the run was started from, recorded as its lineage when the "
                                        "run's own metadata lacks it (runs made before train.py recorded it)")
@@ -109,20 +113,24 @@ def main(argv: list[str] | None = None) -> int:
         target = np.log1p(store.mi[idx])
         levels = np.asarray(model.config.quantile_levels)
         groups = None
-        if args.calib_groups == "dims":
-            groups = np.array([dims_bucket(int(store.dx[i]), int(store.dy[i])) for i in idx])
-        offsets = fit_calibration(grid, target, levels, groups=groups)
+        if args.calib_groups != "none":
+            groups = {"dims": np.array([dims_bucket(int(store.dx[i]), int(store.dy[i])) for i in idx])}
+        if args.calib_groups == "dims+geometry":
+            groups["transform"] = np.array([
+                "geometric" if is_geometric(store.transform_names[int(store.transform[i])]) else "other" for i in idx
+            ])
+        offsets = fit_calibration(grid, target, levels, groups=None if groups is None else list(groups.values()))
         cal = apply_calibration(grid, offsets)
         before = (target[:, None] <= grid).mean(0)
         after = (target[:, None] <= cal).mean(0)
         print("level   coverage before -> after (calibration store, %d sets)" % len(idx))
         for lv, b, a in zip(levels, before, after):
             print(f"{lv:6.3f}  {b:6.3f} -> {a:6.3f}")
-        if groups is not None:
-            for g in np.unique(groups):
-                sel = groups == g
+        for kind, labels in (groups or {}).items():
+            for g in np.unique(labels):
+                sel = labels == g
                 inside, _ = interval_scores(levels, cal[sel], target[sel], 0.9)
-                print(f"dims {g:>5}: {sel.sum():5d} sets, central 90% interval covers {inside:.3f}")
+                print(f"{kind} {g:>9}: {sel.sum():5d} sets, central 90% interval covers {inside:.3f}")
         calibration = [float(c) for c in offsets]
         info["calibration_store"] = {"path": str(args.calib_store), "sets": int(len(idx)), "groups": args.calib_groups,
                                      "manifest_config": store.manifest.get("config", {}).get("name")}

@@ -88,6 +88,8 @@ def test_buckets_and_groups():
     assert metrics.family_groups("student_t", "swiss_roll", 30, 2) == ["embeddings", "heavy_tails", "dims>25"]
     assert metrics.family_groups("gaussian", "flow_coupling", 2, 2) == ["flows"]
     assert metrics.family_groups("gaussian", "spiral", 2, 2) == ["spirals"]
+    assert metrics.is_geometric("linear+flow+asinh") and metrics.is_geometric("helix")
+    assert not metrics.is_geometric("half_cube+linear") and not metrics.is_geometric("identity")
 
 
 def test_select_sets_reproducible_and_stratified():

@@ -367,6 +367,18 @@ def test_group_robust_calibration_covers_every_group():
     np.testing.assert_array_equal(fit_calibration(pred, target, levels, groups=groups, min_group=n + 1), pooled)
     with pytest.raises(ValueError, match="groups must have shape"):
         fit_calibration(pred, target, levels, groups=groups[:-1])
+    # several groupings (e.g. dimension ranges and transform kinds): every group of each is covered
+    other = rng.integers(0, 2, size=n)
+    both = fit_calibration(pred, target, levels, groups=[groups, other])
+    for labels in (groups, other):
+        for g in np.unique(labels):
+            sel = labels == g
+            cov = np.mean(target[sel, None] <= pred[sel] + both, axis=0)
+            assert np.all(cov[levels > 0.5] >= levels[levels > 0.5] - 1e-12)
+    assert np.all(both[levels > 0.5] >= robust[levels > 0.5]) and np.all(both[levels < 0.5] <= robust[levels < 0.5])
+    np.testing.assert_array_equal(fit_calibration(pred, target, levels, groups=[groups]), robust)
+    with pytest.raises(ValueError, match="groups must have shape"):
+        fit_calibration(pred, target, levels, groups=[groups, other[:-1]])
 
 
 @pytest.mark.slow

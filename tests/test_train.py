@@ -421,6 +421,18 @@ def test_ship_checkpoint_calibrates_and_switches_knn_rows(stores, tmp_path):
     assert np.all(covered[levels > 0.5] >= levels[levels > 0.5] - 1e-9), covered
     assert np.all(below[levels < 0.5] <= levels[levels < 0.5] + 1 / 64 + 1e-9), below
     assert meta["info"]["calibration_store"]["groups"] == "dims"
+    # robust over transform kinds too: a superset of groups, so every central interval is at least as wide
+    geo = tmp_path / "shipped-geo.safetensors"
+    r = subprocess.run([PY, str(ROOT / "scripts" / "ship_checkpoint.py"), "--src", str(src), "--out", str(geo),
+                        "--calib-store", str(stores["train"]), "--max-sets", "64", "--n-max", "3000", "--knn-rows", "64",
+                        "--calib-groups", "dims+geometry"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert "transform geometric" in r.stdout or "transform     other" in r.stdout
+    _, geo_meta = load_checkpoint(geo)
+    wide, narrow = np.asarray(geo_meta["calibration"]), np.asarray(meta["calibration"])
+    assert geo_meta["info"]["calibration_store"]["groups"] == "dims+geometry"
+    assert np.all(wide[levels > 0.5] >= narrow[levels > 0.5]) and np.all(wide[levels < 0.5] <= narrow[levels < 0.5])
 
 
 def test_select_checkpoint_ships_and_scores_every_candidate(stores, tmp_path):
