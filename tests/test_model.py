@@ -195,16 +195,23 @@ def test_switching_knn_on_starts_from_the_same_function_and_then_learns():
         switch_inputs(old, dim=8)
 
 
+def _same_function_then_backward(old: MIEstimator, new: MIEstimator) -> list:
+    """Assert that `new` (a grown `old`) computes old's outputs on a padded batch, then
+    backpropagate through `new` once (so the new weights' gradients can be checked);
+    returns the sets used."""
+    sets = [_pair(80, 3, 2, seed=1), _pair(40, 1, 1, seed=2), _pair(25, 4, 4, seed=3)]
+    with torch.no_grad():   # padded rows and columns included (three sizes in one batch)
+        np.testing.assert_allclose(_run(new, sets), _run(old, sets), rtol=1e-12, atol=1e-12)
+    new.zero_grad()
+    new(prepare_batch(sets, new.config).to(dtype=torch.float64)).sum().backward()
+    return sets
+
+
 def test_adding_row_layers_starts_from_the_same_function_and_then_learns():
     old = _model(cell_layers=0)
     new = add_row_layers(old, old.config.row_layers + 1)
     assert len(new.row_layers) == len(old.row_layers) + 1 and new.num_parameters() > old.num_parameters()
-    sets = [_pair(80, 3, 2, seed=1), _pair(40, 1, 1, seed=2), _pair(25, 4, 4, seed=3)]
-    with torch.no_grad():   # padded rows and columns included (three sizes in one batch)
-        np.testing.assert_allclose(_run(new, sets), _run(old, sets), rtol=1e-12, atol=1e-12)
-    batch = prepare_batch(sets, new.config).to(dtype=torch.float64)
-    new.zero_grad()
-    new(batch).sum().backward()
+    _same_function_then_backward(old, new)
     added = new.row_layers[-1].mab_out
     assert added.out.weight.grad.abs().sum() > 0 and added.ffn[-1].weight.grad.abs().sum() > 0
     assert add_row_layers(old, old.config.row_layers).config == old.config
@@ -216,12 +223,7 @@ def test_adding_a_cell_layer_to_a_model_without_one_starts_from_the_same_functio
     old = _model(cell_layers=0)
     new = add_cell_layers(old, 1)
     assert len(new.cell_layers) == 1 and new.num_parameters() > old.num_parameters()
-    sets = [_pair(80, 3, 2, seed=1), _pair(40, 1, 1, seed=2), _pair(25, 4, 4, seed=3)]
-    with torch.no_grad():   # padded rows and columns included (three sizes in one batch)
-        np.testing.assert_allclose(_run(new, sets), _run(old, sets), rtol=1e-12, atol=1e-12)
-    batch = prepare_batch(sets, new.config).to(dtype=torch.float64)
-    new.zero_grad()
-    new(batch).sum().backward()
+    sets = _same_function_then_backward(old, new)
     layer = new.cell_layers[0]
     for lin in (layer.feature.mab.out, layer.feature.mab.ffn[-1], layer.sample.mab_out.out, layer.sample.mab_out.ffn[-1]):
         assert lin.weight.grad.abs().sum() > 0
@@ -237,13 +239,8 @@ def test_turning_column_statistics_on_starts_from_the_same_function_and_then_lea
     old = _model(cell_layers=0)
     new = add_column_statistics(old)
     assert new.config.use_col_stats and new.num_parameters() > old.num_parameters()
-    sets = [_pair(80, 3, 2, seed=1), _pair(40, 1, 1, seed=2), _pair(25, 4, 4, seed=3)]
-    with torch.no_grad():   # the new inputs are real (non-zero) features, read by a zero last layer
-        assert prepare_batch(sets, new.config).cols.abs().sum() > 0
-        np.testing.assert_allclose(_run(new, sets), _run(old, sets), rtol=1e-12, atol=1e-12)
-    batch = prepare_batch(sets, new.config).to(dtype=torch.float64)
-    new.zero_grad()
-    new(batch).sum().backward()
+    sets = _same_function_then_backward(old, new)
+    assert prepare_batch(sets, new.config).cols.abs().sum() > 0   # real (non-zero) inputs, read by a zero last layer
     assert new.col_embed[-1].weight.grad.abs().sum() > 0
     assert add_column_statistics(new) is new
 
