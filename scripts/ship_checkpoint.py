@@ -112,21 +112,21 @@ def main(argv: list[str] | None = None) -> int:
             tmp.unlink(missing_ok=True)
         target = np.log1p(store.mi[idx])
         levels = np.asarray(model.config.quantile_levels)
-        groups = None
+        groups = {}  # grouping name -> labels (N,); empty: one pooled fit
         if args.calib_groups != "none":
-            groups = {"dims": np.array([dims_bucket(int(store.dx[i]), int(store.dy[i])) for i in idx])}
+            groups["dims"] = np.array([dims_bucket(int(store.dx[i]), int(store.dy[i])) for i in idx])
         if args.calib_groups == "dims+geometry":
             groups["transform"] = np.array([
                 "geometric" if is_geometric(store.transform_names[int(store.transform[i])]) else "other" for i in idx
             ])
-        offsets = fit_calibration(grid, target, levels, groups=None if groups is None else list(groups.values()))
+        offsets = fit_calibration(grid, target, levels, groups=list(groups.values()) or None)
         cal = apply_calibration(grid, offsets)
         before = (target[:, None] <= grid).mean(0)
         after = (target[:, None] <= cal).mean(0)
         print("level   coverage before -> after (calibration store, %d sets)" % len(idx))
         for lv, b, a in zip(levels, before, after):
             print(f"{lv:6.3f}  {b:6.3f} -> {a:6.3f}")
-        for kind, labels in (groups or {}).items():
+        for kind, labels in groups.items():
             for g in np.unique(labels):
                 sel = labels == g
                 inside, _ = interval_scores(levels, cal[sel], target[sel], 0.9)
