@@ -85,10 +85,11 @@ _BATCH_CELLS = 200_000  # sets are grouped so that one forward pass sees at most
 class _Loaded:
     model: MIEstimator
     levels: np.ndarray  # (Q,) the checkpoint's quantile grid
-    calibration: np.ndarray | None  # (Q,) offsets in log1p(MI) space
+    calibration: np.ndarray | None  # (Q,) offsets in log1p(MI) space, or (R, Q): one row per n range
     limits: dict
     meta: dict
     device: torch.device
+    calibration_n_edges: tuple[int, ...] = ()  # edges of the n ranges of a (R, Q) calibration
 
     @functools.cached_property
     def single(self) -> Callable[[Batch], torch.Tensor] | None:
@@ -117,7 +118,8 @@ def _load_cached(path: str, mtime_ns: int, device: str) -> _Loaded:
     levels = np.asarray(model.config.quantile_levels, dtype=np.float64)
     calib = meta.get("calibration")
     calib = None if calib is None else np.asarray(calib, dtype=np.float64)
-    return _Loaded(model, levels, calib, dict(meta.get("limits") or {}), meta, torch.device(device))
+    return _Loaded(model, levels, calib, dict(meta.get("limits") or {}), meta, torch.device(device),
+                   tuple(meta.get("calibration_n_edges") or ()))
 
 
 def load(checkpoint: str | os.PathLike | None = None, device: str | torch.device | None = None) -> _Loaded:
@@ -227,10 +229,14 @@ def _check_range(
     return x, y
 
 
-def _grid_to_levels(loaded: _Loaded, grid_t: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """(B, Q) grid in log1p space -> (B, L) quantiles in nats at levels q."""
+def _grid_to_levels(loaded: _Loaded, grid_t: np.ndarray, q: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """(B, Q) grid in log1p space -> (B, L) quantiles in nats at levels q.
+
+    n (B,): rows each set reached the network with (after any subsampling); they choose
+    the calibration row when the checkpoint has one per n range.
+    """
     if loaded.calibration is not None:
-        grid_t = apply_calibration(grid_t, loaded.calibration)
+        grid_t = apply_calibration(grid_t, loaded.calibration, n=n, n_edges=loaded.calibration_n_edges)
     vals_t = interpolate_quantiles(loaded.levels, grid_t, q)
     vals_t = np.asarray(vals_t, dtype=np.float64)
     out = np.expm1(np.clip(vals_t, 0.0, None))
@@ -316,7 +322,7 @@ def predict_mi_quantiles_batch(
     if not sets:
         return np.empty((0, q.size))
     grid_t = _forward_grid(loaded, sets)
-    out = _grid_to_levels(loaded, grid_t, q)
+    out = _grid_to_levels(loaded, grid_t, q, np.array([x.shape[0] for x, _ in sets]))
     return out / NATS_PER_BIT if unit == "bits" else out
 
 

@@ -6,7 +6,9 @@ Metadata keys (all values are strings, as safetensors requires):
     format_version  "1"
     config          JSON of ModelConfig.to_dict()
     limits          JSON dict of the trained range: n_min, n_max, dx_max, dy_max, mi_max (+ any extra)
-    calibration     JSON list of per-level offsets in t = log1p(MI) space, or null
+    calibration     JSON list of per-level offsets in t = log1p(MI) space, or a list of such
+                    lists (one per n range, `model.quantiles.fit_calibration_by_n`), or null
+    calibration_n_edges  JSON list of the n ranges' edges ([] or absent: one row of offsets)
     info            JSON dict (training data, steps, metrics, ...)
     fingerprint     SHA-256 over the weights (names, dtypes, shapes, bytes; sorted by name)
 
@@ -17,13 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from model.network import MIEstimator, ModelConfig
+from model.quantiles import check_n_edges
 
 FORMAT = "amortized-mi-checkpoint"
 FORMAT_VERSION = 1
@@ -49,23 +54,32 @@ def save_checkpoint(
     model: MIEstimator,
     *,
     limits: dict,
-    calibration: list[float] | None = None,
+    calibration: Sequence[float] | Sequence[Sequence[float]] | None = None,
+    calibration_n_edges: Sequence[int] = (),
     info: dict | None = None,
 ) -> None:
     """Write `model` (weights + config) with its trained `limits`, calibration offsets and info.
 
     limits must hold n_min, n_max, dx_max, dy_max, mi_max (MI in nats); calibration, if
-    given, has one offset per quantile level of the model. The file is written to a
-    temporary name and renamed, so a crash never leaves a half-written checkpoint.
+    given, has one offset per quantile level of the model (Q,), or one such row per n
+    range (R, Q) with R = len(calibration_n_edges) + 1 (`model.quantiles.n_range_index`).
+    The file is written to a temporary name and renamed, so a crash never leaves a
+    half-written checkpoint.
     """
     missing = [k for k in REQUIRED_LIMITS if k not in limits]
     if missing:
         raise ValueError(f"limits is missing {missing} (required: {list(REQUIRED_LIMITS)})")
     q = len(model.config.quantile_levels)
+    edges = list(check_n_edges(calibration_n_edges))
     if calibration is not None:
-        calibration = [float(c) for c in calibration]
-        if len(calibration) != q:
-            raise ValueError(f"calibration needs {q} offsets (one per quantile level), got {len(calibration)}")
+        cal = np.asarray(calibration, dtype=np.float64)
+        want = (q,) if not edges else (len(edges) + 1, q)
+        if cal.shape != want:
+            raise ValueError(f"calibration needs shape {want} (one offset per quantile level"
+                             f"{'' if not edges else ' per n range'}), got {cal.shape}")
+        calibration = cal.tolist()
+    elif edges:
+        raise ValueError("calibration_n_edges given without calibration")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {
         "format": FORMAT,
@@ -73,6 +87,7 @@ def save_checkpoint(
         "config": json.dumps(model.config.to_dict()),
         "limits": json.dumps(limits),
         "calibration": json.dumps(calibration),
+        "calibration_n_edges": json.dumps(edges),
         "info": json.dumps(info or {}),
         "fingerprint": weights_fingerprint(tensors),
     }
@@ -95,7 +110,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     """Load a checkpoint written by `save_checkpoint`.
 
     Returns (model in eval mode on `device`, metadata) where metadata = {"config": dict,
-    "limits": dict, "calibration": list | None, "info": dict, "format_version": int,
+    "limits": dict, "calibration": list (Q) or list of R lists (Q) or None,
+    "calibration_n_edges": list (R - 1 ints), "info": dict, "format_version": int,
     "fingerprint": str}. Raises CheckpointError for a missing file, a file that is not
     safetensors, missing/incompatible metadata, a fingerprint mismatch (tampered or
     corrupted weights) or weights that do not fit the stored config.
@@ -130,10 +146,20 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         config = ModelConfig.from_dict(config_d)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: stored model config is incompatible with this code: {e}") from None
-    if calibration is not None and (
-        not isinstance(calibration, list) or len(calibration) != len(config.quantile_levels)
-    ):
-        raise CheckpointError(f"{path}: calibration must be null or {len(config.quantile_levels)} offsets")
+    n_edges = _json_field(meta, "calibration_n_edges", path) if "calibration_n_edges" in meta else []  # absent: older files
+    try:
+        n_edges = list(check_n_edges(n_edges))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: calibration_n_edges: {e}") from None
+    if calibration is not None:
+        q = len(config.quantile_levels)
+        want = (q,) if not n_edges else (len(n_edges) + 1, q)
+        try:
+            ok = np.asarray(calibration, dtype=np.float64).shape == want
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise CheckpointError(f"{path}: calibration must be null or offsets of shape {want}")
     fingerprint = meta.get("fingerprint")
     if fingerprint != weights_fingerprint(tensors):
         raise CheckpointError(
@@ -159,6 +185,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         "config": config.to_dict(),
         "limits": limits,
         "calibration": calibration,
+        "calibration_n_edges": n_edges,
         "info": info,
         "format_version": version,
         "fingerprint": fingerprint,

@@ -4,7 +4,9 @@ The network predicts quantiles of t = log1p(MI in nats) on a fixed grid of level
 (quantiles are equivariant under the monotone map t <-> MI, so converting back with
 `from_target` gives quantiles of the MI in nats). Other levels are interpolated
 linearly in Phi^-1(level). Calibration: per-level additive offsets in t-space fitted
-on held-out sets (split-conformal per level), stored in the checkpoint.
+on held-out sets (split-conformal per level), stored in the checkpoint; optionally one
+row of offsets per range of n (Mondrian conformal: each range fitted on its own sets),
+since how far the network's quantiles miss depends on n.
 
 `interpolate_quantiles` and `apply_calibration` accept numpy arrays (returned as
 numpy) or torch tensors (returned as tensors of the same dtype/device).
@@ -120,11 +122,80 @@ def fit_calibration(pred_grid: np.ndarray, target_t: np.ndarray, levels, groups=
     return resid[rank - 1, np.arange(levels.size)]
 
 
-def apply_calibration(pred_grid, offsets):
-    """Add per-level offsets (Q,) to pred_grid (..., Q), restore monotonicity (running max), clip >= 0."""
+def n_range_index(n, n_edges) -> np.ndarray:
+    """Which n range each set falls in: r = number of edges below n, so range r is
+    (n_edges[r-1], n_edges[r]] (range 0: n <= n_edges[0]; the last: n > n_edges[-1]).
+
+    n: int or (B,) sample sizes; n_edges: strictly increasing ints (may be empty: one range).
+    """
+    return np.searchsorted(np.asarray(n_edges, dtype=np.int64), np.asarray(n), side="left")
+
+
+def check_n_edges(n_edges) -> tuple[int, ...]:
+    """n_edges as a tuple of strictly increasing positive ints; ValueError otherwise."""
+    try:
+        edges = tuple(int(e) for e in n_edges)
+    except (TypeError, ValueError):
+        raise ValueError(f"n_edges must be a sequence of ints, got {n_edges!r}") from None
+    if any(e < 1 for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"n_edges must be strictly increasing positive ints, got {list(edges)}")
+    return edges
+
+
+def fit_calibration_by_n(pred_grid: np.ndarray, target_t: np.ndarray, levels, n, n_edges, groups=None,
+                         min_group: int = 50, min_range: int = 100) -> np.ndarray:
+    """Offsets (R, Q), R = len(n_edges) + 1: `fit_calibration` on the sets of each n range alone.
+
+    Mondrian split-conformal: range r's row is fitted only on the held-out sets whose n
+    falls in it (`n_range_index`), so every range, not only the mix, gets its nominal
+    coverage, e.g. when the network is sharper than it should be at large n. pred_grid
+    (N, Q), target_t (N,), n (N,) the sample sizes the network saw; groups as in
+    `fit_calibration` (group-robust within each range). ValueError when a range holds
+    fewer than `min_range` sets (its tail offsets would be noise).
+    """
+    edges = check_n_edges(n_edges)
+    pred_grid, target_t = np.asarray(pred_grid), np.asarray(target_t)
+    n = np.asarray(n)
+    if n.shape != target_t.shape:
+        raise ValueError(f"n must have shape {target_t.shape}, got {n.shape}")
+    r = n_range_index(n, edges)
+    bounds = [0, *edges, None]
+    rows = []
+    for k in range(len(edges) + 1):
+        sel = r == k
+        if sel.sum() < min_range:
+            hi = "" if bounds[k + 1] is None else f"<= {bounds[k + 1]}"
+            raise ValueError(
+                f"n range {bounds[k]} < n {hi}: {int(sel.sum())} calibration sets, need at least {min_range} "
+                "(add sets with such n, or use fewer n_edges)"
+            )
+        g = None
+        if groups is not None:
+            g = [np.asarray(x)[sel] for x in groups] if isinstance(groups, (list, tuple)) else np.asarray(groups)[sel]
+        rows.append(fit_calibration(pred_grid[sel], target_t[sel], levels, groups=g, min_group=min_group))
+    return np.stack(rows)
+
+
+def apply_calibration(pred_grid, offsets, n=None, n_edges=()):
+    """Add per-level offsets to pred_grid (..., Q), restore monotonicity (running max), clip >= 0.
+
+    offsets (Q,): the same for every set. offsets (R, Q) with R = len(n_edges) + 1
+    (`fit_calibration_by_n`): pred_grid must be (B, Q) and n (B,) the sets' sample sizes;
+    each set takes the row of its n range.
+    """
     pg, like = _to_numpy(pred_grid)
     off = np.asarray(offsets, dtype=np.float64)
-    if off.shape != (pg.shape[-1],):
-        raise ValueError(f"offsets must have shape ({pg.shape[-1]},), got {off.shape}")
+    q = pg.shape[-1]
+    if off.ndim == 2 and off.shape[0] == 1:
+        off = off[0]
+    if off.ndim == 2:
+        edges = check_n_edges(n_edges)
+        if off.shape != (len(edges) + 1, q):
+            raise ValueError(f"offsets must have shape ({len(edges) + 1}, {q}) for n_edges {list(edges)}, got {off.shape}")
+        if n is None or pg.ndim != 2 or np.shape(n) != (pg.shape[0],):
+            raise ValueError("offsets per n range need pred_grid (B, Q) and n (B,)")
+        off = off[n_range_index(n, edges)]  # (B, Q)
+    elif off.shape != (q,):
+        raise ValueError(f"offsets must have shape ({q},), got {off.shape}")
     out = np.maximum(np.maximum.accumulate(pg + off, axis=-1), 0.0)
     return _back(out, like)

@@ -16,8 +16,14 @@ with the same subsampling rule), and write the result. ``--calib-groups dims``
 of the calibration store gets at least nominal interval coverage, not only the mix.
 ``--calib-groups dims+geometry`` also makes them robust over transform kinds: sets
 whose transform bends space (spiral, flow, Swiss roll, helix, embeddings; where the
-model errs most, and all of the held-out pairs) and the rest. Prints the coverage of
-each quantile level on the calibration store before and after.
+model errs most, and all of the held-out pairs) and the rest. ``--calib-n-edges 1000``
+fits one row of offsets per n range instead (Mondrian split-conformal,
+``model.quantiles.fit_calibration_by_n``; inference picks the row by the rows the
+network saw): the network's misses depend on n, and one row fitted on a mix where
+small n dominates leaves large-n intervals off nominal. Each range needs at least 100
+calibration sets: ``--calib-store`` may be repeated to pool stores (e.g. add
+``calib-large-n``, made with ``configs/metagen/calib_large_n.toml``). Prints the
+coverage of each quantile level on the calibration sets before and after.
 """
 from __future__ import annotations
 
@@ -35,7 +41,13 @@ from eval.metrics import dims_bucket, interval_scores, is_geometric  # noqa: E40
 from metagen.store import open_store  # noqa: E402
 from model.checkpoint import lineage, load_checkpoint, save_checkpoint  # noqa: E402
 from model.network import switch_inputs  # noqa: E402
-from model.quantiles import apply_calibration, fit_calibration  # noqa: E402
+from model.quantiles import (  # noqa: E402
+    apply_calibration,
+    check_n_edges,
+    fit_calibration,
+    fit_calibration_by_n,
+    n_range_index,
+)
 
 
 def _stream_run_limits(info: dict, limits: dict) -> dict:
@@ -63,12 +75,23 @@ def _stream_run_limits(info: dict, limits: dict) -> dict:
     return {**limits, **new}
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return list(check_n_edges(int(v) for v in text.split(",") if v.strip()))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--src", required=True, help="checkpoint written by train.py")
     p.add_argument("--out", default="data/default.safetensors")
-    p.add_argument("--calib-store", help="store to refit the conformal offsets on (default: keep the run's)")
-    p.add_argument("--max-sets", type=int, default=0, help="use at most this many calibration sets (0: all)")
+    p.add_argument("--calib-store", action="append",
+                   help="store to refit the conformal offsets on (default: keep the run's); repeat to pool stores")
+    p.add_argument("--max-sets", type=int, default=0, help="use at most this many sets of each calibration store (0: all)")
+    p.add_argument("--calib-n-edges", type=_int_list, default=[], metavar="N1,N2,...",
+                   help="one row of offsets per n range (n <= N1, N1 < n <= N2, ..., n > last), each fitted on "
+                        "its own calibration sets (default: one row for all n)")
     p.add_argument("--n-max", type=int, help="largest n inference takes without subsampling")
     p.add_argument("--calib-groups", choices=("dims", "dims+geometry", "none"), default="dims",
                    help="group-robust offsets over dimension ranges (default), over those and over "
@@ -82,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     limits = dict(meta["limits"])
     info = dict(meta.get("info") or {})
     calibration = meta.get("calibration")
+    n_edges = meta.get("calibration_n_edges") or []
     if args.init_from and not info.get("init_from"):
         _, origin = load_checkpoint(args.init_from)
         info["init_from"] = lineage(args.init_from, origin)
@@ -93,49 +117,64 @@ def main(argv: list[str] | None = None) -> int:
         limits["n_max_trained"] = limits["n_max"]
         limits["n_max"] = int(args.n_max)
     if args.calib_store:
+        n_edges = list(check_n_edges(args.calib_n_edges))
         # predictions exactly as infer makes them, but without any stored calibration
         tmp = Path(args.out).with_suffix(".uncalibrated.tmp")
         save_checkpoint(tmp, model, limits=limits, calibration=None, info=info)
+        sets, target, dims, geometric, used = [], [], [], [], []
         try:
             loaded = infer.load(tmp)
-            store = open_store(args.calib_store)
-            idx = np.arange(len(store))
-            if args.max_sets:
-                idx = idx[: args.max_sets]
-            sets = []
-            for i in idx:
-                x, y = store.get(int(i))
-                x, y = infer._check_range(x.astype(np.float64), y.astype(np.float64), limits, "ignore", "auto")
-                sets.append((x, y))
+            for path in args.calib_store:
+                store = open_store(path)
+                idx = np.arange(len(store))
+                if args.max_sets:
+                    idx = idx[: args.max_sets]
+                for i in idx:
+                    x, y = store.get(int(i))
+                    sets.append(infer._check_range(x.astype(np.float64), y.astype(np.float64), limits, "ignore", "auto"))
+                    dims.append(dims_bucket(int(store.dx[i]), int(store.dy[i])))
+                    geometric.append(is_geometric(store.transform_names[int(store.transform[i])]))
+                target.append(np.log1p(store.mi[idx]))
+                used.append({"path": str(path), "sets": int(len(idx)),
+                             "manifest_config": store.manifest.get("config", {}).get("name")})
             grid = infer._forward_grid(loaded, sets)
         finally:
             tmp.unlink(missing_ok=True)
-        target = np.log1p(store.mi[idx])
+        target = np.concatenate(target)
+        n_seen = np.array([x.shape[0] for x, _ in sets])  # rows the network saw (after subsampling)
         levels = np.asarray(model.config.quantile_levels)
         groups = {}  # grouping name -> labels (N,); empty: one pooled fit
         if args.calib_groups != "none":
-            groups["dims"] = np.array([dims_bucket(int(store.dx[i]), int(store.dy[i])) for i in idx])
+            groups["dims"] = np.array(dims)
         if args.calib_groups == "dims+geometry":
-            groups["transform"] = np.array([
-                "geometric" if is_geometric(store.transform_names[int(store.transform[i])]) else "other" for i in idx
-            ])
-        offsets = fit_calibration(grid, target, levels, groups=list(groups.values()) or None)
-        cal = apply_calibration(grid, offsets)
+            groups["transform"] = np.where(geometric, "geometric", "other")
+        grouping = list(groups.values()) or None
+        if n_edges:
+            try:
+                offsets = fit_calibration_by_n(grid, target, levels, n_seen, n_edges, groups=grouping)
+            except ValueError as e:
+                p.error(str(e))
+        else:
+            offsets = fit_calibration(grid, target, levels, groups=grouping)
+        cal = apply_calibration(grid, offsets, n=n_seen, n_edges=n_edges)
         before = (target[:, None] <= grid).mean(0)
         after = (target[:, None] <= cal).mean(0)
-        print("level   coverage before -> after (calibration store, %d sets)" % len(idx))
+        print("level   coverage before -> after (calibration store, %d sets)" % len(target))
         for lv, b, a in zip(levels, before, after):
             print(f"{lv:6.3f}  {b:6.3f} -> {a:6.3f}")
+        if n_edges:
+            groups["n range"] = n_range_index(n_seen, n_edges)
         for kind, labels in groups.items():
             for g in np.unique(labels):
                 sel = labels == g
                 inside, _ = interval_scores(levels, cal[sel], target[sel], 0.9)
                 print(f"{kind} {g:>9}: {sel.sum():5d} sets, central 90% interval covers {inside:.3f}")
-        calibration = [float(c) for c in offsets]
-        info["calibration_store"] = {"path": str(args.calib_store), "sets": int(len(idx)), "groups": args.calib_groups,
-                                     "manifest_config": store.manifest.get("config", {}).get("name")}
+        calibration = np.asarray(offsets).tolist()
+        info["calibration_store"] = {**used[0], "groups": args.calib_groups, "n_edges": n_edges}
+        if len(used) > 1:
+            info["calibration_store"]["stores"] = used
     info["shipped_from"] = str(args.src)
-    save_checkpoint(args.out, model, limits=limits, calibration=calibration, info=info)
+    save_checkpoint(args.out, model, limits=limits, calibration=calibration, calibration_n_edges=n_edges, info=info)
     print(f"wrote {args.out}: limits {json.dumps(limits)}")
     return 0
 

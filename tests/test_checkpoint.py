@@ -129,6 +129,38 @@ def test_save_validates_its_arguments(tmp_path, saved):
         save_checkpoint(tmp_path / "a.safetensors", model, limits={"n_min": 1})
     with pytest.raises(ValueError, match="calibration needs"):
         save_checkpoint(tmp_path / "b.safetensors", model, limits=LIMITS, calibration=[0.0])
+    q = len(model.config.quantile_levels)
+    with pytest.raises(ValueError, match="per n range"):
+        save_checkpoint(tmp_path / "c.safetensors", model, limits=LIMITS, calibration=[[0.0] * q] * 3,
+                        calibration_n_edges=[100])
+    with pytest.raises(ValueError, match="without calibration"):
+        save_checkpoint(tmp_path / "d.safetensors", model, limits=LIMITS, calibration_n_edges=[100])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        save_checkpoint(tmp_path / "e.safetensors", model, limits=LIMITS, calibration=[[0.0] * q] * 3,
+                        calibration_n_edges=[100, 50])
+
+
+def test_calibration_per_n_range_round_trip_and_refusals(tmp_path, saved):
+    model, path, _ = saved
+    q = len(model.config.quantile_levels)
+    rows = [[0.01 * i + r for i in range(q)] for r in range(3)]
+    out = tmp_path / "by-n.safetensors"
+    save_checkpoint(out, model, limits=LIMITS, calibration=rows, calibration_n_edges=[100, 1000])
+    _, meta = load_checkpoint(out)
+    assert meta["calibration"] == rows and meta["calibration_n_edges"] == [100, 1000]
+    _, plain = load_checkpoint(path)
+    assert plain["calibration_n_edges"] == []
+    cases = {  # rows that do not match the edges, edges that are not increasing ints
+        "rows_vs_edges": (dict(calibration_n_edges=json.dumps([100])), r"offsets of shape \(2, "),
+        "flat_with_edges": (dict(calibration=json.dumps(rows[0])), r"offsets of shape \(3, "),
+        "bad_edges": (dict(calibration_n_edges=json.dumps([1000, 100])), "calibration_n_edges"),
+        "ragged": (dict(calibration=json.dumps([rows[0], rows[1][:-1], rows[2]])), "offsets of shape"),
+    }
+    for name, (changes, msg) in cases.items():
+        bad = tmp_path / f"{name}.safetensors"
+        _rewrite(out, bad, **changes)
+        with pytest.raises(CheckpointError, match=msg):
+            load_checkpoint(bad)
 
 
 # ------------------------------------------------------------ scripts/average_checkpoints.py

@@ -162,6 +162,29 @@ def test_out_of_range_rules(ckpt):
     np.testing.assert_allclose(capped, a, rtol=1e-6, atol=1e-7)
 
 
+def test_calibration_rows_per_n_range_follow_the_rows_the_network_sees(ckpt, tmp_path):
+    """A checkpoint with one row of offsets per n range: each set gets its range's offsets in
+    log1p space, chosen by the rows that reach the network (after subsampling to n_max)."""
+    from model.checkpoint import load_checkpoint
+    from model.quantiles import interpolate_quantiles
+
+    model, meta = load_checkpoint(ckpt)
+    levels = np.asarray(model.config.quantile_levels)
+    rows = np.stack([np.zeros(levels.size), np.full(levels.size, 0.3), np.linspace(-0.5, 0.5, levels.size)])
+    by_n = tmp_path / "by-n.safetensors"
+    save_checkpoint(by_n, model, limits=meta["limits"], calibration=rows.tolist(), calibration_n_edges=[100, 450])
+    q = (0.05, 0.5, 0.95)
+    # n = 1000 is subsampled to n_max = 400 rows (range 1) unless max_rows=None (range 2)
+    for n, max_rows, r in [(60, "auto", 0), (100, "auto", 0), (101, "auto", 1), (1000, "auto", 1), (1000, None, 2)]:
+        x, y = _pair(n=n, seed=n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OutOfRangeWarning)
+            raw = infer.predict_mi_quantiles(x, y, list(levels), checkpoint=ckpt, max_rows=max_rows)  # uncalibrated
+            got = infer.predict_mi_quantiles(x, y, q, checkpoint=by_n, max_rows=max_rows)
+        want = np.expm1(interpolate_quantiles(levels, np.maximum.accumulate(np.log1p(raw) + rows[r]), q))
+        np.testing.assert_allclose(got, np.maximum(want, 0.0), rtol=1e-5, atol=1e-6)
+
+
 def test_subsample_of_large_sets_keeps_every_invariance(ckpt):
     """n > n_max: the subsample (hence the answer) does not depend on the row order, the
     column order within x or y, or an x/y swap; and it differs from using every row."""

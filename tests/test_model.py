@@ -24,6 +24,8 @@ from model.preprocess import column_statistics, ksg_stats_slice, prepare_batch, 
 from model.quantiles import (
     apply_calibration,
     fit_calibration,
+    fit_calibration_by_n,
+    n_range_index,
     from_target,
     interpolate_quantiles,
     pinball_loss,
@@ -412,3 +414,48 @@ def _overfit(steps: int, factor: float = 0.5) -> None:
         opt.step()
         losses.append(loss.item())
     assert np.mean(losses[-5:]) < factor * losses[0], (losses[0], losses[-5:])
+
+
+def test_calibration_by_n_range_covers_each_range():
+    """Mondrian offsets: each n range fitted on its own sets gets its nominal coverage, where one
+    pooled row (fitted on a mix dominated by small n) leaves the sharp large-n range under-covered."""
+    rng = np.random.default_rng(2)
+    levels = np.array(ModelConfig().quantile_levels)
+    n_sets = np.concatenate([rng.integers(10, 1001, size=800), rng.integers(1001, 5001, size=200)])
+    target = rng.gamma(2.0, 0.5, size=n_sets.size)
+    large = n_sets > 1000
+    # the predictor is too narrow and biased upwards at large n only
+    noise = rng.normal(0, 0.3, size=(n_sets.size, 1)) + np.where(large, 0.4, 0.0)[:, None]
+    pred = target[:, None] + 0.1 * ndtri(levels)[None, :] + noise
+    rows = fit_calibration_by_n(pred, target, levels, n_sets, [1000])
+    assert rows.shape == (2, levels.size)
+    for r, sel in enumerate([~large, large]):  # each row is the plain fit on that range's sets alone
+        np.testing.assert_array_equal(rows[r], fit_calibration(pred[sel], target[sel], levels))
+    assert np.array_equal(n_range_index(n_sets, [1000]), large.astype(int))
+    assert list(n_range_index([1000, 1001, 5, 20000], [10, 1000])) == [1, 2, 0, 2]  # ranges (lo, hi]
+    cal = apply_calibration(pred, rows, n=n_sets, n_edges=[1000])
+    pooled = apply_calibration(pred, fit_calibration(pred, target, levels))
+    lo, hi = np.searchsorted(levels, 0.05), np.searchsorted(levels, 0.95)
+    inside = lambda q, sel: np.mean((target[sel] >= q[sel, lo]) & (target[sel] <= q[sel, hi]))
+    for sel in (~large, large):
+        assert inside(cal, sel) >= 0.9 - 1e-12
+        cov = np.mean(target[sel, None] <= cal[sel], axis=0)
+        assert np.all(np.abs(cov - levels)[levels < 0.9] <= 1.0 / sel.sum() + 1e-12)
+    assert inside(pooled, large) < 0.85  # the check above is not vacuous
+    # group-robust within each range, as fit_calibration's groups
+    dims = rng.integers(0, 2, size=n_sets.size)
+    robust = fit_calibration_by_n(pred, target, levels, n_sets, [1000], groups=[dims])
+    np.testing.assert_array_equal(robust[1], fit_calibration(pred[large], target[large], levels, groups=[dims[large]]))
+    # a (1, Q) table and no edges is the single-row case
+    np.testing.assert_array_equal(apply_calibration(pred, rows[:1]), apply_calibration(pred, rows[0]))
+    # documented errors
+    with pytest.raises(ValueError, match="need at least 100"):
+        fit_calibration_by_n(pred, target, levels, n_sets, [4000])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        fit_calibration_by_n(pred, target, levels, n_sets, [1000, 500])
+    with pytest.raises(ValueError, match="n must have shape"):
+        fit_calibration_by_n(pred, target, levels, n_sets[:-1], [1000])
+    with pytest.raises(ValueError, match="need pred_grid"):
+        apply_calibration(pred, rows, n_edges=[1000])
+    with pytest.raises(ValueError, match="must have shape"):
+        apply_calibration(pred, rows, n=n_sets, n_edges=[500, 1000])

@@ -435,6 +435,45 @@ def test_ship_checkpoint_calibrates_and_switches_knn_rows(stores, tmp_path):
     assert np.all(wide[levels > 0.5] >= narrow[levels > 0.5]) and np.all(wide[levels < 0.5] <= narrow[levels < 0.5])
 
 
+def test_ship_checkpoint_fits_offsets_per_n_range_on_pooled_stores(stores, tmp_path):
+    """--calib-n-edges: one row of offsets per n range, each fitted on that range's sets of the
+    pooled --calib-store's; infer picks the row by n, so every range is covered at least nominally."""
+    import infer
+    from metagen.store import open_store
+    from model.checkpoint import load_checkpoint
+
+    assert train_here(tmp_path / "run", stores, "--steps", "4", "--eval_every", "4") == 0
+    src, out = tmp_path / "run" / "best.safetensors", tmp_path / "by-n.safetensors"
+    pool = [open_store(stores["train"]), open_store(stores["val"])]
+    sets = [st.get(i) for st in pool for i in range(len(st))]
+    mi = np.concatenate([st.mi[: len(st)] for st in pool])
+    n = np.array([x.shape[0] for x, _ in sets])  # <= n_max 3000: no subsampling
+    edge = int(np.median(n))
+    assert min((n <= edge).sum(), (n > edge).sum()) >= 100  # the fixture stores allow two ranges
+    ship = [PY, str(ROOT / "scripts" / "ship_checkpoint.py"), "--src", str(src), "--n-max", "3000",
+            "--calib-store", str(stores["train"]), "--calib-store", str(stores["val"])]
+    r = subprocess.run(ship + ["--out", str(out), "--calib-n-edges", str(edge)],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert "n range         1:" in r.stdout
+    _, meta = load_checkpoint(out)
+    levels = np.asarray(meta["config"]["quantile_levels"])
+    assert np.asarray(meta["calibration"]).shape == (2, levels.size) and meta["calibration_n_edges"] == [edge]
+    used = meta["info"]["calibration_store"]
+    assert used["n_edges"] == [edge] and [u["sets"] for u in used["stores"]] == [len(st) for st in pool]
+    q = infer.predict_mi_quantiles_batch(sets, list(levels), checkpoint=out, on_out_of_range="ignore")  # (N, Q)
+    for sel in (n <= edge, n > edge):
+        covered = (mi[sel, None] <= q[sel] + 1e-9).mean(axis=0)
+        assert np.all(covered[levels > 0.5] >= levels[levels > 0.5] - 1e-9), covered
+    # documented errors: a range with too few calibration sets, edges that do not increase
+    r = subprocess.run(ship + ["--out", str(tmp_path / "x.safetensors"), "--calib-n-edges", str(int(n.max()) - 1)],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 2 and "need at least 100" in r.stderr
+    r = subprocess.run(ship + ["--out", str(tmp_path / "x.safetensors"), "--calib-n-edges", "500,100"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 2 and "strictly increasing" in r.stderr
+
+
 def test_select_checkpoint_ships_and_scores_every_candidate(stores, tmp_path):
     """scripts/select_checkpoint.py on a briefly trained run's validated checkpoints: each is
     calibrated as ship_checkpoint would, scored by the harness on the validation store, and the
