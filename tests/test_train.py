@@ -203,6 +203,61 @@ def test_store_batches_are_bucketed_disjoint_and_pure(stores):
     assert int(a.batch.n.max()) == a.n and int(a.batch.n.min()) == a.n       # one shared n' per batch
 
 
+def test_rotate_block_is_an_invertible_map_with_the_same_mi():
+    """rotate_block: normal scores times an orthogonal matrix (Haar: a fresh one per call), so
+    the rotated block maps back to the normal scores exactly; a KSG-free check of the MI claim:
+    for a Gaussian pair the canonical correlations (which fix the MI) are unchanged."""
+    from model.preprocess import canonical_correlations, normal_scores
+    from training.data import rotate_block
+
+    rng = np.random.default_rng(0)
+    n, dx, dy = 4000, 3, 2
+    x = rng.normal(size=(n, dx))
+    y = 0.8 * x[:, :dy] + 0.6 * rng.normal(size=(n, dy))
+    r1, r2 = rotate_block(x, np.random.default_rng(5)), rotate_block(x, np.random.default_rng(5))
+    np.testing.assert_array_equal(r1, r2)                               # pure in its generator
+    z = normal_scores(x)
+    q = np.linalg.lstsq(z, r1, rcond=None)[0]                           # r1 = z @ q exactly
+    np.testing.assert_allclose(z @ q, r1, atol=1e-9)
+    np.testing.assert_allclose(q.T @ q, np.eye(dx), atol=1e-9)          # orthogonal
+    assert not np.allclose(q, np.eye(dx), atol=0.1)                     # and not the identity
+    ry = rotate_block(y, rng)
+    np.testing.assert_allclose(np.sort(canonical_correlations(r1, ry)), np.sort(canonical_correlations(z, normal_scores(y))),
+                               atol=1e-8)
+    one = rng.normal(size=(50, 1))
+    assert rotate_block(one, rng) is one                                # 1 column: unchanged
+
+
+def test_augmentations_change_only_the_inputs_and_are_pure(stores):
+    """rotate_fraction and col_stats_dropout: targets untouched, the chosen share of sets changed,
+    and the same batch again for the same (seed, m)."""
+    from model.network import ModelConfig
+    from training.config import ConfigError, TrainConfig
+    from training.data import StoreBatches
+
+    mcfg = ModelConfig(use_col_stats=True)
+    base = dict(batch_size=32, n_train_min=8, n_train_max=64, seed=3)
+    plain = StoreBatches(str(stores["train"]), TrainConfig(**base), mcfg)
+    rot = StoreBatches(str(stores["train"]), TrainConfig(**base, rotate_fraction=1.0), mcfg)
+    drop = StoreBatches(str(stores["train"]), TrainConfig(**base, col_stats_dropout=0.5), mcfg)
+    for m in (0, 3):
+        a, r, d = plain[m], rot[m], drop[m]
+        assert torch.equal(a.target_t, r.target_t) and torch.equal(a.target_t, d.target_t)
+        assert torch.equal(a.batch.rows, d.batch.rows)                  # dropout leaves the rows alone
+        multi = (a.dx > 1) | (a.dy > 1)
+        assert multi.any()
+        assert not torch.equal(a.batch.rows, r.batch.rows)              # rotated sets look different
+        zeroed = (d.batch.cols.abs().sum(dim=(1, 2)) == 0).numpy()
+        kept = (a.batch.cols.abs().sum(dim=(1, 2)) > 0).numpy()
+        assert 0 < (zeroed & kept).sum() < kept.sum()                   # some, not all, sets lose their features
+        assert torch.equal(d.batch.cols[~torch.from_numpy(zeroed)], a.batch.cols[~torch.from_numpy(zeroed)])
+        again = StoreBatches(str(stores["train"]), TrainConfig(**base, rotate_fraction=1.0), mcfg)[m]
+        assert torch.equal(again.batch.rows, r.batch.rows)              # pure in (seed, m)
+    for name in ("rotate_fraction", "col_stats_dropout"):
+        with pytest.raises(ConfigError, match=name):
+            TrainConfig(**{name: 1.5}, train_store=str(stores["train"]), val_id_store=str(stores["val"])).validate()
+
+
 def test_stream_batches_are_fresh_and_pure():
     from model.network import ModelConfig
     from training.config import TrainConfig

@@ -39,6 +39,9 @@ class TrainConfig:
     n_train_max: int = 500                 # largest subsampled rows per training set
     n_train_full_fraction: float = 0.0     # probability that a batch keeps all rows (up to n_train_max)
     bucket_sets: int = 0                   # sets per dx+dy bucket, store or stream pool (0: 16 * batch_size)
+    rotate_fraction: float = 0.0           # share of sets whose x and y are rotated (normal scores times a random
+                                           # orthogonal matrix: MI unchanged; training/data.py rotate_block)
+    col_stats_dropout: float = 0.0         # share of sets whose column features (use_col_stats) are zeroed
     num_workers: int = 1                   # DataLoader worker processes (0: load in the loop)
     # --- optimisation -------------------------------------------------------------
     seed: int = 0                          # data order, subsampling and init all follow it
@@ -91,8 +94,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.n_train_min > self.n_train_max:
             raise ConfigError(f"n_train_min ({self.n_train_min}) > n_train_max ({self.n_train_max})")
-        if not 0.0 <= self.n_train_full_fraction <= 1.0:
-            raise ConfigError(f"n_train_full_fraction must be in [0, 1], got {self.n_train_full_fraction}")
+        for name in ("n_train_full_fraction", "rotate_fraction", "col_stats_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.lr or not 0.0 <= self.min_lr <= self.lr:
             raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):

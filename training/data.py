@@ -24,6 +24,13 @@ All sets of a batch are then subsampled to one n' drawn log-uniformly between
 ``n_train_min`` and ``min(n_train_max, min n_i)``; taking a random subset of rows keeps
 the sample i.i.d. from the same joint distribution, so the MI target stays exact.
 Streamed tasks are sampled at n' directly (the same distribution, less work).
+
+Two optional augmentations (both off by default; both pure functions of (seed, m)):
+``rotate_fraction`` of the sets have x and y each replaced by their normal scores times
+a Haar-random orthogonal matrix (`rotate_block`): an invertible map of each block, so
+the MI target stays the same, while the coordinates the model sees are mixed.
+``col_stats_dropout`` of the sets get all-zero column features (``Batch.cols``), so
+the model cannot lean on them alone.
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-_TAG_EPOCH, _TAG_BATCH, _TAG_PREP, _TAG_GROUP = 7, 11, 13, 17   # separate random streams from one seed
+_TAG_EPOCH, _TAG_BATCH, _TAG_PREP, _TAG_GROUP, _TAG_AUG = 7, 11, 13, 17, 19   # separate random streams from one seed
 
 
 @dataclass
@@ -94,6 +101,21 @@ def subsample_rows(x: np.ndarray, y: np.ndarray, n: int, rng: np.random.Generato
     return x[rows], y[rows]
 
 
+def rotate_block(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(n, d) -> (n, d): normal scores of each column times a Haar-random orthogonal d x d matrix.
+
+    Per-column normal scores (a monotone map of each coordinate) then a rotation: an
+    invertible map of the block, so I(X;Y) is unchanged. d = 1 returns `a` unchanged.
+    """
+    from model.preprocess import normal_scores
+
+    d = a.shape[1]
+    if d == 1:
+        return a
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    return normal_scores(a) @ (q * np.sign(np.diag(r)))  # sign fix: Haar-distributed
+
+
 def fingerprint_sets(sets: list[tuple[np.ndarray, np.ndarray]], mi: np.ndarray) -> str:
     """Short hex digest of the sets' values and their MI (debug check of the data order)."""
     h = hashlib.sha1()
@@ -115,6 +137,8 @@ class _BatchesBase(Dataset):
         self.full_fraction = float(getattr(cfg, "n_train_full_fraction", 0.0))
         self.bucket_sets = max(int(cfg.bucket_sets) or 16 * self.batch_size, self.batch_size)   # sets per dims bucket
         self.with_fingerprint = bool(cfg.log_batch_hash)
+        self.rotate_fraction = float(getattr(cfg, "rotate_fraction", 0.0))
+        self.col_stats_dropout = float(getattr(cfg, "col_stats_dropout", 0.0))
         self.model_cfg = model_cfg
         self.process_index = int(process_index)
         self.num_processes = int(num_processes)
@@ -130,7 +154,13 @@ class _BatchesBase(Dataset):
         from model.preprocess import prepare_batch
 
         mi = np.asarray(mi, dtype=np.float64)
+        aug = self._rng(_TAG_AUG, m)
+        if self.rotate_fraction > 0:
+            sets = [(rotate_block(x, aug), rotate_block(y, aug)) if aug.random() < self.rotate_fraction else (x, y)
+                    for x, y in sets]
         batch = prepare_batch(sets, self.model_cfg, self._rng(_TAG_PREP, m))
+        if self.col_stats_dropout > 0 and batch.cols is not None:
+            batch.cols[torch.from_numpy(aug.random(len(sets)) < self.col_stats_dropout)] = 0.0  # (B, D, F)
         return TrainBatch(
             batch=batch,
             target_t=torch.from_numpy(np.log1p(np.maximum(mi, 0.0))).float(),
