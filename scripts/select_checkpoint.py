@@ -1,7 +1,7 @@
 """Choose among candidate checkpoints on the validation stores, by the shipping rule.
 
     python scripts/select_checkpoint.py --calib-store $S/calib --val $S/val-id --val $S/val-ood \
-        --work /tmp/select --jobs 2 data/default.safetensors runs/swa/average.safetensors runs/deep/last.safetensors
+        --val $S/val-bench-id --val $S/val-bench-ood --work /tmp/select --jobs 2 data/default.safetensors runs/swa/average.safetensors runs/deep/last.safetensors
 
 Each candidate is prepared exactly as it would be shipped (``scripts/ship_checkpoint.py``:
 conformal offsets refit on the calibration store, extra arguments after ``--ship-args``)

@@ -125,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{cfg.get('cell_layers')} 2D cell layer(s), {cfg.get('row_layers')} row ISAB layer(s), kNN statistics "
         f"{'on' if cfg.get('use_knn') else 'off'}, canonical-correlation statistics {'on' if cfg.get('use_cca') else 'off'}.",
         "It returns non-crossing quantiles of log(1 + I(X;Y)) at a fixed grid of levels, mapped to nats,",
-        "after per-level conformal offsets fitted on a held-out calibration store.",
+        ("after per-level conformal offsets fitted on held-out calibration sets, one row per n range (edges "
+         f"{', '.join(str(e) for e in meta['calibration_n_edges'])}: each range fitted on its own sets)."
+         if meta.get("calibration_n_edges") else
+         "after per-level conformal offsets fitted on a held-out calibration store."),
         "",
         "Model config:",
         "",
