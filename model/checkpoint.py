@@ -49,6 +49,11 @@ def weights_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _calibration_shape(q: int, n_edges: Sequence[int]) -> tuple[int, ...]:
+    """Shape of the offsets for Q quantile levels: (Q,), or (R, Q) with one row per n range."""
+    return (q,) if not n_edges else (len(n_edges) + 1, q)
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: MIEstimator,
@@ -73,7 +78,7 @@ def save_checkpoint(
     edges = list(check_n_edges(calibration_n_edges))
     if calibration is not None:
         cal = np.asarray(calibration, dtype=np.float64)
-        want = (q,) if not edges else (len(edges) + 1, q)
+        want = _calibration_shape(q, edges)
         if cal.shape != want:
             raise ValueError(f"calibration needs shape {want} (one offset per quantile level"
                              f"{'' if not edges else ' per n range'}), got {cal.shape}")
@@ -152,8 +157,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     except ValueError as e:
         raise CheckpointError(f"{path}: calibration_n_edges: {e}") from None
     if calibration is not None:
-        q = len(config.quantile_levels)
-        want = (q,) if not n_edges else (len(n_edges) + 1, q)
+        want = _calibration_shape(len(config.quantile_levels), n_edges)
         try:
             ok = np.asarray(calibration, dtype=np.float64).shape == want
         except (TypeError, ValueError):

@@ -77,6 +77,11 @@ def interpolate_quantiles(grid_levels, grid_values, levels):
     return _back(np.maximum(out, 0.0), like)
 
 
+def _as_groupings(groups) -> list[np.ndarray]:
+    """`fit_calibration`'s groups (one label array, or a list of them) as a list of arrays."""
+    return [np.asarray(g) for g in groups] if isinstance(groups, (list, tuple)) else [np.asarray(groups)]
+
+
 def fit_calibration(pred_grid: np.ndarray, target_t: np.ndarray, levels, groups=None,
                     min_group: int = 50) -> np.ndarray:
     """Per-level additive offsets c (Q,) in t-space, split-conformal per level.
@@ -96,7 +101,7 @@ def fit_calibration(pred_grid: np.ndarray, target_t: np.ndarray, levels, groups=
     grouping is covered.
     """
     if groups is not None:
-        groupings = [np.asarray(g) for g in groups] if isinstance(groups, (list, tuple)) else [np.asarray(groups)]
+        groupings = _as_groupings(groups)
         for g in groupings:
             if g.shape != (np.shape(target_t)[0],):
                 raise ValueError(f"groups must have shape ({np.shape(target_t)[0]},), got {g.shape}")
@@ -159,19 +164,18 @@ def fit_calibration_by_n(pred_grid: np.ndarray, target_t: np.ndarray, levels, n,
     if n.shape != target_t.shape:
         raise ValueError(f"n must have shape {target_t.shape}, got {n.shape}")
     r = n_range_index(n, edges)
+    groupings = None if groups is None else _as_groupings(groups)
     bounds = [0, *edges, None]
     rows = []
     for k in range(len(edges) + 1):
         sel = r == k
         if sel.sum() < min_range:
-            hi = "" if bounds[k + 1] is None else f"<= {bounds[k + 1]}"
+            hi = "" if bounds[k + 1] is None else f" <= {bounds[k + 1]}"
             raise ValueError(
-                f"n range {bounds[k]} < n {hi}: {int(sel.sum())} calibration sets, need at least {min_range} "
+                f"n range {bounds[k]} < n{hi}: {int(sel.sum())} calibration sets, need at least {min_range} "
                 "(add sets with such n, or use fewer n_edges)"
             )
-        g = None
-        if groups is not None:
-            g = [np.asarray(x)[sel] for x in groups] if isinstance(groups, (list, tuple)) else np.asarray(groups)[sel]
+        g = None if groupings is None else [labels[sel] for labels in groupings]
         rows.append(fit_calibration(pred_grid[sel], target_t[sel], levels, groups=g, min_group=min_group))
     return np.stack(rows)
 

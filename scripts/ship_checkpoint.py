@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         limits["n_max_trained"] = limits["n_max"]
         limits["n_max"] = int(args.n_max)
     if args.calib_store:
-        n_edges = list(check_n_edges(args.calib_n_edges))
+        n_edges = args.calib_n_edges  # checked by _int_list
         # predictions exactly as infer makes them, but without any stored calibration
         tmp = Path(args.out).with_suffix(".uncalibrated.tmp")
         save_checkpoint(tmp, model, limits=limits, calibration=None, info=info)

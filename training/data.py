@@ -159,7 +159,7 @@ class _BatchesBase(Dataset):
             sets = [(rotate_block(x, aug), rotate_block(y, aug)) if aug.random() < self.rotate_fraction else (x, y)
                     for x, y in sets]
         batch = prepare_batch(sets, self.model_cfg, self._rng(_TAG_PREP, m))
-        if self.col_stats_dropout > 0 and batch.cols is not None:
+        if self.col_stats_dropout > 0:
             batch.cols[torch.from_numpy(aug.random(len(sets)) < self.col_stats_dropout)] = 0.0  # (B, D, F)
         return TrainBatch(
             batch=batch,
