@@ -8,7 +8,8 @@ MAE per n, the model's interval coverage per n, MAE per family group, per dimens
 range and per samples-per-dimension range, bias per MI bin, the ratio of the model's MAE
 to the better classical baseline's, and the model's 90% interval width per n within
 each true-MI bin (a store draws MI and n independently, so the plain width per n mixes
-in how many high-MI sets each n happened to get; within a bin it does not). Every
+in how many high-MI sets each n happened to get; within a bin it does not), and MAE
+per true-MI bin with each bin's share of the model's summed absolute error. Every
 number is read from those files.
 """
 from __future__ import annotations
@@ -71,6 +72,23 @@ def _ratio(r: dict) -> list[str]:
         best = min(ksg, gau)
         rows.append(f"| {k} | {_f(g['mae'])} | {_f(ksg)} | {_f(gau)} | {_f(g['mae'] / ksg if ksg else None)} | "
                     f"{_f(g['mae'] / best if best else None)} |")
+    return rows
+
+
+def _error_by_mi(r: dict) -> list[str]:
+    """MAE per true-MI bin for the model and both baselines, the model / KSG ratio, and each bin's
+    share of the model's summed absolute error: which bins the overall ratio is made of."""
+    est = r["estimators"]
+    if "model" not in est or not all(b in est for b in BASELINES):
+        return []
+    bins = est["model"]["groups"].get("mi", {})
+    total = sum(g["mae"] * g["count"] for g in bins.values())
+    rows = ["| true MI | sets | model MAE | KSG MAE | Gaussian MAE | model / KSG | share of the model's error |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for k, g in bins.items():
+        ksg, gau = est["ksg"]["groups"]["mi"][k]["mae"], est["gaussian"]["groups"]["mi"][k]["mae"]
+        rows.append(f"| {k} | {g['count']} | {_f(g['mae'])} | {_f(ksg)} | {_f(gau)} | "
+                    f"{_f(g['mae'] / ksg if ksg else None)} | {_f(g['mae'] * g['count'] / total if total else None)} |")
     return rows
 
 
@@ -138,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                 out += ["MAE per samples per dimension (n / (dx + dy); <=3: the near-minimum sets):", "",
                         *_by(r, "rows_per_dim", "mae", "n / (dx + dy)"), ""]
             out += ["Bias (estimate - truth) per MI bin, nats:", "", *_by(r, "mi", "bias", "true MI"), ""]
+            by_mi = _error_by_mi(r)
+            if by_mi:
+                out += ["MAE per MI bin and each bin's share of the model's summed absolute error:", "", *by_mi, ""]
     print("\n".join(out))
     return 0
 

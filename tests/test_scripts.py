@@ -94,6 +94,33 @@ def test_results_tables_bucketed_n_coverage_and_rows_per_dim(tmp_path):
     assert "| <=3 | 1 | 2.50 |" in lines
 
 
+def test_results_tables_error_share_per_mi_bin(tmp_path):
+    # Hand-set group summaries: the model's summed error is 2 * 1.0 + 1 * 6.0 = 8, so the
+    # shares are 0.25 and 0.75, and the ratio to KSG is 1 / 4 and 6 / 12 per bin.
+    sets = [_result_set(100, 0.5, "(0,1]", 0.0, 4.0)]
+    base = {"rmse": 1.0, "bias": 0.0}
+    est = {
+        "model": {"has_interval": True, "overall": {"count": 3, "mae": 8 / 3, **base},
+                  "groups": {"mi": {"(0,1]": {"count": 2, "mae": 1.0, "bias": 0.0}, "(8,35]": {"count": 1, "mae": 6.0, "bias": -6.0}}}},
+        "ksg": {"overall": {"count": 3, "mae": 1.0, **base},
+                "groups": {"mi": {"(0,1]": {"count": 2, "mae": 4.0, "bias": 0.0}, "(8,35]": {"count": 1, "mae": 12.0, "bias": -12.0}}}},
+        "gaussian": {"overall": {"count": 3, "mae": 1.0, **base},
+                     "groups": {"mi": {"(0,1]": {"count": 2, "mae": 2.0, "bias": 0.0}, "(8,35]": {"count": 1, "mae": 9.0, "bias": -9.0}}}},
+    }
+    for e in est.values():
+        e["groups"].update({"family_group": {}, "dims": {}})
+    results = {"config": {"command": "hand-written"}, "levels": [round(0.05 * k, 2) for k in range(1, 20)],
+               "num_sets": 1, "sets": sets, "estimators": est}
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "results.json").write_text(json.dumps(results))
+    r = _run(str(tmp_path), script="results_tables.py")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    start = lines.index("| true MI | sets | model MAE | KSG MAE | Gaussian MAE | model / KSG | share of the model's error |")
+    assert lines[start + 2:start + 4] == ["| (0,1] | 2 | 1.00 | 4.00 | 2.00 | 0.25 | 0.25 |",
+                                          "| (8,35] | 1 | 6.00 | 12.00 | 9.00 | 0.50 | 0.75 |"]
+
+
 def test_select_checkpoint_rule_coverage_first_then_mae():
     sys.path.insert(0, str(ROOT / "scripts"))
     from select_checkpoint import outside_bands, rank

@@ -258,6 +258,32 @@ def test_augmentations_change_only_the_inputs_and_are_pure(stores):
             TrainConfig(**{name: 1.5}, train_store=str(stores["train"]), val_id_store=str(stores["val"])).validate()
 
 
+def test_n_weight_power_repeats_large_n_sets(stores):
+    """n_weight_power p: every set comes max(1, round((n / 100) ** p)) times per epoch (counted
+    from the epoch's batches, not from n_repeats), each batch still one dims bucket; 0: once."""
+    from model.network import ModelConfig
+    from training.config import ConfigError, TrainConfig
+    from training.data import StoreBatches
+
+    base = dict(batch_size=4, bucket_sets=100_000, n_train_min=8, n_train_max=64, seed=5)   # one bucket
+    plain = StoreBatches(str(stores["train"]), TrainConfig(**base), ModelConfig())
+    heavy = StoreBatches(str(stores["train"]), TrainConfig(**base, n_weight_power=1.0), ModelConfig())
+    n = plain.n
+    assert n.min() < 150 and n.max() > 250                      # the tiny store spans several repeat counts
+    seen_plain = np.bincount(np.concatenate(plain.epoch_batches(0)), minlength=len(n))
+    seen = np.bincount(np.concatenate(heavy.epoch_batches(0)), minlength=len(n))
+    assert seen_plain.max() == 1 and seen_plain.sum() > len(n) - 4   # < batch_size sets left over
+    expect = np.maximum(1, np.floor(n / 100 + 0.5)).astype(int)
+    clear = n % 100 != 50                                       # away from a rounding tie
+    assert np.abs(seen - expect)[clear].sum() <= 3 and seen.sum() > expect.sum() - 4
+    assert seen[n >= 250].min() >= 2 and seen[n < 150].max() == 1
+    for cfg in (dict(n_weight_power=-0.5), dict(n_weight_power=3.0)):
+        with pytest.raises(ConfigError, match="n_weight_power"):
+            TrainConfig(**cfg, train_store=str(stores["train"]), val_id_store=str(stores["val"])).validate()
+    with pytest.raises(ConfigError, match="n_weight_power"):
+        TrainConfig(n_weight_power=0.5, stream_config=str(GEN_CONFIG), val_id_store=str(stores["val"])).validate()
+
+
 def test_stream_batches_are_fresh_and_pure():
     from model.network import ModelConfig
     from training.config import TrainConfig

@@ -39,6 +39,8 @@ class TrainConfig:
     n_train_max: int = 500                 # largest subsampled rows per training set
     n_train_full_fraction: float = 0.0     # probability that a batch keeps all rows (up to n_train_max)
     bucket_sets: int = 0                   # sets per dx+dy bucket, store or stream pool (0: 16 * batch_size)
+    n_weight_power: float = 0.0            # store: each set comes round((n / 100) ** p) times per epoch (at least
+                                           # once), so large-n sets get more steps; 0: each set once
     rotate_fraction: float = 0.0           # share of sets whose x and y are rotated (normal scores times a random
                                            # orthogonal matrix: MI unchanged; training/data.py rotate_block)
     col_stats_dropout: float = 0.0         # share of sets whose column features (use_col_stats) are zeroed
@@ -94,6 +96,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.n_train_min > self.n_train_max:
             raise ConfigError(f"n_train_min ({self.n_train_min}) > n_train_max ({self.n_train_max})")
+        if not 0.0 <= self.n_weight_power <= 2.0:
+            raise ConfigError(f"n_weight_power must be in [0, 2], got {self.n_weight_power}")
+        if self.n_weight_power and self.train_store is None:
+            raise ConfigError("n_weight_power weights a train_store's sets; a stream has none (set it to 0)")
         for name in ("n_train_full_fraction", "rotate_fraction", "col_stats_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")

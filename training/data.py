@@ -8,7 +8,9 @@ the same data as an uninterrupted one, and processes see disjoint data:
   bucketed by dx + dy (contiguous chunks of the sets sorted by dx + dy); every epoch
   (a pure function of (seed, epoch, p)) sorts each bucket by a jittered log n, cuts
   it into batches and shuffles the batches, so a batch holds sets of similar
-  (dx + dy, n) and each set is seen once per epoch.
+  (dx + dy, n) and each set is seen once per epoch (``n_weight_power`` p > 0: a set of
+  n rows round((n / 100) ** p) times, at least once, with its own row subsample each
+  time: more of the steps on large n, where the benchmark's n = 500 and 1,000 lie).
 - ``StreamBatches``: fresh sets straight from ``metagen.tasks.draw_task``. Micro-batches
   come in groups of ``pool``: group g of process p draws the tasks
   ``(g * P + p) * B * pool + j`` (disjoint everywhere), buckets them as a store is (by
@@ -85,6 +87,14 @@ def draw_rows(rng: np.random.Generator, n_min_in_batch: int, n_train_min: int, n
         return int(hi)
     value = math.exp(rng.uniform(math.log(lo), math.log(hi + 1)))
     return int(min(hi, max(lo, math.floor(value))))
+
+
+def n_repeats(n: np.ndarray, power: float) -> np.ndarray:
+    """Times each set of n rows comes per epoch: max(1, round((n / 100) ** power)); all 1 for power 0."""
+    n = np.asarray(n, dtype=np.float64)
+    if power == 0:
+        return np.ones(n.shape, dtype=np.int64)
+    return np.maximum(1, np.rint((n / 100.0) ** power)).astype(np.int64)
 
 
 def jittered_n_order(n: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -190,6 +200,7 @@ class StoreBatches(_BatchesBase):
         self.dx = np.asarray(store.dx, dtype=np.int64)
         self.dy = np.asarray(store.dy, dtype=np.int64)
         self.mi = np.asarray(store.mi, dtype=np.float64)
+        mine = np.repeat(mine, n_repeats(self.n[mine], float(getattr(cfg, "n_weight_power", 0.0))))
         order = mine[np.argsort(self.dx[mine] + self.dy[mine], kind="stable")]
         self.buckets = np.array_split(order, max(1, len(order) // self.bucket_sets))
         self.batches_per_epoch = sum(len(b) // self.batch_size for b in self.buckets)
