@@ -9,7 +9,8 @@ range and per samples-per-dimension range, bias per MI bin, the ratio of the mod
 to the better classical baseline's, and the model's 90% interval width per n within
 each true-MI bin (a store draws MI and n independently, so the plain width per n mixes
 in how many high-MI sets each n happened to get; within a bin it does not), and MAE
-per true-MI bin with each bin's share of the model's summed absolute error. Every
+per true-MI bin with each bin's share of the model's summed absolute error, and for the
+sets above 8 nats each estimator's mean estimate per family group. Every
 number is read from those files.
 """
 from __future__ import annotations
@@ -92,6 +93,26 @@ def _error_by_mi(r: dict) -> list[str]:
     return rows
 
 
+def _high_mi_by_group(r: dict, above: float = 8.0) -> list[str]:
+    """Sets with true MI above `above` nats, per family group: the mean truth and each estimator's mean
+    point estimate (what it sees of the dependence), from the per-set predictions."""
+    names = [k for k in ("model", *BASELINES) if k in r["estimators"]]
+    if names[:1] != ["model"] or len(names) < 3:
+        return []
+    rows_of: dict[str, list[dict]] = {}
+    for s in r["sets"]:
+        if s["mi"] > above and all(s["predictions"].get(k, {}).get("point") is not None for k in names):
+            for g in [*s["groups"].get("family_group", []), "all"]:
+                rows_of.setdefault(g, []).append(s)
+    if not rows_of:
+        return []
+    rows = ["| group | sets | true MI | " + " | ".join(names) + " |", "|---|---:|---:|" + "---:|" * len(names)]
+    for g, sets in sorted(rows_of.items(), key=lambda kv: kv[0] == "all"):
+        est = [np.mean([s["predictions"][k]["point"] for s in sets]) for k in names]
+        rows.append(f"| {g} | {len(sets)} | {np.mean([s['mi'] for s in sets]):.2f} | " + " | ".join(_f(v) for v in est) + " |")
+    return rows
+
+
 def _n_header(label: str) -> str:
     return f"n = {label}" if label.isdigit() else f"n {label}"
 
@@ -159,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
             by_mi = _error_by_mi(r)
             if by_mi:
                 out += ["MAE per MI bin and each bin's share of the model's summed absolute error:", "", *by_mi, ""]
+            high = _high_mi_by_group(r)
+            if high:
+                out += ["Sets above 8 nats per family group: mean true MI and mean point estimate, nats:", "", *high, ""]
     print("\n".join(out))
     return 0
 

@@ -19,6 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.checkpoint import lineage, load_checkpoint  # noqa: E402
 from metagen.store import MANIFEST_NAME, read_json  # noqa: E402
 
+BATCH_OPTIONS = ("n_train_full_fraction", "n_weight_power", "col_stats_dropout", "rotate_fraction")
+"""TrainConfig fields that change what a training batch holds; the card lists those that are set."""
+
 
 def _fmt(v, nd=3) -> str:
     if v is None:
@@ -149,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
           if info.get("averaged_from") else []),
         f"- training store: `{train_cfg.get('train_store')}` ({_store_config(train_cfg.get('train_store'))}; rows subsampled per "
         f"batch to n' in [{train_cfg.get('n_train_min')}, {train_cfg.get('n_train_max')}])",
+        *([f"- batch options: " + ", ".join(f"`{k}` {train_cfg[k]}" for k in BATCH_OPTIONS if train_cfg.get(k))]
+          if any(train_cfg.get(k) for k in BATCH_OPTIONS) else []),
         f"- validation stores: `{train_cfg.get('val_id_store')}`, `{train_cfg.get('val_ood_store')}`",
         f"- calibration: {json.dumps(info.get('calibration_store', 'half of the in-distribution validation store'))}",
         f"- shipped from: `{info.get('shipped_from', '-')}`",

@@ -189,7 +189,7 @@ def test_average_checkpoints_is_the_mean_of_the_weights_and_refuses_mixed_runs(t
         states.append({k: v.clone() for k, v in model.state_dict().items()})
         save_checkpoint(paths[-1], model, limits=WIDE, calibration=[0.1] * len(model.config.quantile_levels),
                         info={"step": step, "init_from": {"path": "origin", "fingerprint": "f", "steps_before": 7},
-                              "config": {"train_store": str(store)}})
+                              "config": {"train_store": str(store), "n_weight_power": 0.5, "rotate_fraction": 0.0}})
     out = tmp_path / "avg.safetensors"
     r = _script("--out", str(out), *paths)
     assert r.returncode == 0, r.stderr
@@ -207,6 +207,7 @@ def test_average_checkpoints_is_the_mean_of_the_weights_and_refuses_mixed_runs(t
     assert r.returncode == 0, r.stderr
     assert "the mean of 3 checkpoints of this run, steps 500, 1500, 1000" in card.read_text()
     assert "metagen `configs/metagen/train_geometry.toml`" in card.read_text()
+    assert "- batch options: `n_weight_power` 0.5\n" in card.read_text()      # options left at 0 are not listed
 
     torch.manual_seed(4)
     other = tmp_path / "other.safetensors"

@@ -121,6 +121,31 @@ def test_results_tables_error_share_per_mi_bin(tmp_path):
                                           "| (8,35] | 1 | 6.00 | 12.00 | 9.00 | 0.50 | 0.75 |"]
 
 
+def test_results_tables_high_mi_estimates_per_group(tmp_path):
+    # Three sets above 8 nats (two flows, one also dims>25) and one below, which must not count:
+    # each row's means are worked out by hand from the point estimates.
+    def one(mi, groups, model, ksg, gaussian):
+        s = _result_set(100, mi, "(8,35]" if mi > 8 else "(3,8]", 0.0, 1.0)
+        s["groups"]["family_group"] = groups
+        s["predictions"] = {"model": {"point": model}, "ksg": {"point": ksg}, "gaussian": {"point": gaussian}}
+        return s
+
+    sets = [one(10.0, ["flows"], 3.0, 0.5, 1.0), one(20.0, ["flows", "dims>25"], 5.0, 1.5, 2.0),
+            one(12.0, [], 11.0, 0.0, 9.0), one(5.0, ["flows"], 5.0, 5.0, 5.0)]
+    summary = {"overall": {"count": 4, "mae": 1.0, "rmse": 1.0, "bias": 0.0}, "groups": {}}
+    results = {"config": {"command": "hand-written"}, "levels": [round(0.05 * k, 2) for k in range(1, 20)],
+               "num_sets": 4, "sets": sets, "estimators": {k: summary for k in ("model", "ksg", "gaussian")}}
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "results.json").write_text(json.dumps(results))
+    r = _run(str(tmp_path), script="results_tables.py")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    start = lines.index("| group | sets | true MI | model | ksg | gaussian |")
+    assert lines[start + 2:start + 5] == ["| flows | 2 | 15.00 | 4.00 | 1.00 | 1.50 |",
+                                          "| dims>25 | 1 | 20.00 | 5.00 | 1.50 | 2.00 |",
+                                          "| all | 3 | 14.00 | 6.33 | 0.67 | 4.00 |"]
+
+
 def test_select_checkpoint_rule_coverage_first_then_mae():
     sys.path.insert(0, str(ROOT / "scripts"))
     from select_checkpoint import outside_bands, rank
