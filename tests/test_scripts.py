@@ -48,10 +48,11 @@ def _result_set(n: int, mi: float, mi_bin: str, lo: float, hi: float) -> dict:
             "predictions": {"model": {"quantiles": quantiles, "point": quantiles[9]}}}
 
 
-def _tables_of(tmp_path, store: str, sets: list[dict], model: dict) -> list[str]:
-    """Write one hand-made results.json (the model's summaries given) and return results_tables' lines."""
+def _tables_of(tmp_path, store: str, sets: list[dict], model: dict, **baselines: dict) -> list[str]:
+    """Write one hand-made results.json (the estimators' summaries given) and return results_tables' lines."""
+    estimators = {"model": {"has_interval": True, **model}, **baselines}
     results = {"config": {"command": "hand-written"}, "levels": [round(0.05 * k, 2) for k in range(1, 20)],
-               "num_sets": len(sets), "sets": sets, "estimators": {"model": {"has_interval": True, **model}}}
+               "num_sets": len(sets), "sets": sets, "estimators": estimators}
     (tmp_path / store).mkdir()
     (tmp_path / store / "results.json").write_text(json.dumps(results))
     r = _run(str(tmp_path), script="results_tables.py")
@@ -109,13 +110,7 @@ def test_results_tables_error_share_per_mi_bin(tmp_path):
     }
     for e in est.values():
         e["groups"].update({"family_group": {}, "dims": {}})
-    results = {"config": {"command": "hand-written"}, "levels": [round(0.05 * k, 2) for k in range(1, 20)],
-               "num_sets": 1, "sets": sets, "estimators": est}
-    (tmp_path / "store").mkdir()
-    (tmp_path / "store" / "results.json").write_text(json.dumps(results))
-    r = _run(str(tmp_path), script="results_tables.py")
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
+    lines = _tables_of(tmp_path, "store", sets, est["model"], ksg=est["ksg"], gaussian=est["gaussian"])
     start = lines.index("| true MI | sets | model MAE | KSG MAE | Gaussian MAE | model / KSG | share of the model's error |")
     assert lines[start + 2:start + 4] == ["| (0,1] | 2 | 1.00 | 4.00 | 2.00 | 0.25 | 0.25 |",
                                           "| (8,35] | 1 | 6.00 | 12.00 | 9.00 | 0.50 | 0.75 |"]
@@ -133,13 +128,7 @@ def test_results_tables_high_mi_estimates_per_group(tmp_path):
     sets = [one(10.0, ["flows"], 3.0, 0.5, 1.0), one(20.0, ["flows", "dims>25"], 5.0, 1.5, 2.0),
             one(12.0, [], 11.0, 0.0, 9.0), one(5.0, ["flows"], 5.0, 5.0, 5.0)]
     summary = {"overall": {"count": 4, "mae": 1.0, "rmse": 1.0, "bias": 0.0}, "groups": {}}
-    results = {"config": {"command": "hand-written"}, "levels": [round(0.05 * k, 2) for k in range(1, 20)],
-               "num_sets": 4, "sets": sets, "estimators": {k: summary for k in ("model", "ksg", "gaussian")}}
-    (tmp_path / "store").mkdir()
-    (tmp_path / "store" / "results.json").write_text(json.dumps(results))
-    r = _run(str(tmp_path), script="results_tables.py")
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
+    lines = _tables_of(tmp_path, "store", sets, summary, ksg=summary, gaussian=summary)
     start = lines.index("| group | sets | true MI | model | ksg | gaussian |")
     assert lines[start + 2:start + 5] == ["| flows | 2 | 15.00 | 4.00 | 1.00 | 1.50 |",
                                           "| dims>25 | 1 | 20.00 | 5.00 | 1.50 | 2.00 |",
