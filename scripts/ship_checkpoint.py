@@ -162,13 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         print("level   coverage before -> after (calibration store, %d sets)" % len(target))
         for lv, b, a in zip(levels, before, after):
             print(f"{lv:6.3f}  {b:6.3f} -> {a:6.3f}")
-        if n_edges:
-            groups["n range"] = n_range_index(n_seen, n_edges)
+        if n_edges:  # label each set by its range as ship_checkpoint's help names them: "n <= 300", "300 < n <= 1000", ...
+            bounds = ["n <= %d" % n_edges[0]] + ["%d < n <= %d" % ab for ab in zip(n_edges, n_edges[1:])] + ["n > %d" % n_edges[-1]]
+            groups["n range"] = np.array(bounds)[n_range_index(n_seen, n_edges)]
         for kind, labels in groups.items():
             for g in np.unique(labels):
                 sel = labels == g
                 inside, _ = interval_scores(levels, cal[sel], target[sel], 0.9)
-                print(f"{kind} {g:>9}: {sel.sum():5d} sets, central 90% interval covers {inside:.3f}")
+                print(f"{kind} {g:>16}: {sel.sum():5d} sets, central 90% interval covers {inside:.3f}")
         calibration = np.asarray(offsets).tolist()
         info["calibration_store"] = {**used[0], "groups": args.calib_groups, "n_edges": n_edges}
         if len(used) > 1:
