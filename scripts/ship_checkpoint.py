@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             for g in np.unique(labels):
                 sel = labels == g
                 inside, _ = interval_scores(levels, cal[sel], target[sel], 0.9)
-                print(f"{kind} {g:>16}: {sel.sum():5d} sets, central 90% interval covers {inside:.3f}")
+                print(f"{kind} {g:>9}: {sel.sum():5d} sets, central 90% interval covers {inside:.3f}")
         calibration = np.asarray(offsets).tolist()
         info["calibration_store"] = {**used[0], "groups": args.calib_groups, "n_edges": n_edges}
         if len(used) > 1:
