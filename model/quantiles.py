@@ -136,6 +136,15 @@ def n_range_index(n, n_edges) -> np.ndarray:
     return np.searchsorted(np.asarray(n_edges, dtype=np.int64), np.asarray(n), side="left")
 
 
+def n_range_labels(n_edges) -> list[str]:
+    """Readable bounds of each n range, in `n_range_index` order: ["n <= 300", "300 < n <= 1000", "n > 1000"]."""
+    edges = list(n_edges)
+    if not edges:
+        return ["all n"]
+    middle = [f"{a} < n <= {b}" for a, b in zip(edges, edges[1:])]
+    return [f"n <= {edges[0]}", *middle, f"n > {edges[-1]}"]
+
+
 def check_n_edges(n_edges) -> tuple[int, ...]:
     """n_edges as a tuple of strictly increasing positive ints; ValueError otherwise."""
     try:
@@ -165,14 +174,12 @@ def fit_calibration_by_n(pred_grid: np.ndarray, target_t: np.ndarray, levels, n,
         raise ValueError(f"n must have shape {target_t.shape}, got {n.shape}")
     r = n_range_index(n, edges)
     groupings = None if groups is None else _as_groupings(groups)
-    bounds = [0, *edges, None]
     rows = []
-    for k in range(len(edges) + 1):
+    for k, label in enumerate(n_range_labels(edges)):
         sel = r == k
         if sel.sum() < min_range:
-            hi = "" if bounds[k + 1] is None else f" <= {bounds[k + 1]}"
             raise ValueError(
-                f"n range {bounds[k]} < n{hi}: {int(sel.sum())} calibration sets, need at least {min_range} "
+                f"n range {label}: {int(sel.sum())} calibration sets, need at least {min_range} "
                 "(add sets with such n, or use fewer n_edges)"
             )
         g = None if groupings is None else [labels[sel] for labels in groupings]

@@ -62,9 +62,14 @@ def _by(r: dict, group: str, metric: str, title: str) -> list[str]:
     return rows
 
 
+def _has_model_and_baselines(r: dict) -> bool:
+    """Whether the store was scored with the model and both classical baselines (the comparison tables need all three)."""
+    return all(k in r["estimators"] for k in ("model", *BASELINES))
+
+
 def _ratio(r: dict) -> list[str]:
     est = r["estimators"]
-    if "model" not in est or not all(b in est for b in BASELINES):
+    if not _has_model_and_baselines(r):
         return []
     rows = ["| n | model MAE | KSG MAE | Gaussian MAE | model / KSG | model / best baseline |",
             "|---|---:|---:|---:|---:|---:|"]
@@ -80,7 +85,7 @@ def _error_by_mi(r: dict) -> list[str]:
     """MAE per true-MI bin for the model and both baselines, the model / KSG ratio, and each bin's
     share of the model's summed absolute error: which bins the overall ratio is made of."""
     est = r["estimators"]
-    if "model" not in est or not all(b in est for b in BASELINES):
+    if not _has_model_and_baselines(r):
         return []
     bins = est["model"]["groups"].get("mi", {})
     total = sum(g["mae"] * g["count"] for g in bins.values())
@@ -96,9 +101,9 @@ def _error_by_mi(r: dict) -> list[str]:
 def _high_mi_by_group(r: dict, above: float = 8.0) -> list[str]:
     """Sets with true MI above `above` nats, per family group: the mean truth and each estimator's mean
     point estimate (what it sees of the dependence), from the per-set predictions."""
-    names = [k for k in ("model", *BASELINES) if k in r["estimators"]]
-    if names[:1] != ["model"] or len(names) < 3:
+    if not _has_model_and_baselines(r):
         return []
+    names = ["model", *BASELINES]
     rows_of: dict[str, list[dict]] = {}
     for s in r["sets"]:
         if s["mi"] > above and all(s["predictions"].get(k, {}).get("point") is not None for k in names):

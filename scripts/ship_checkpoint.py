@@ -47,6 +47,7 @@ from model.quantiles import (  # noqa: E402
     fit_calibration,
     fit_calibration_by_n,
     n_range_index,
+    n_range_labels,
 )
 
 
@@ -162,9 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         print("level   coverage before -> after (calibration store, %d sets)" % len(target))
         for lv, b, a in zip(levels, before, after):
             print(f"{lv:6.3f}  {b:6.3f} -> {a:6.3f}")
-        if n_edges:  # label each set by its range as ship_checkpoint's help names them: "n <= 300", "300 < n <= 1000", ...
-            bounds = ["n <= %d" % n_edges[0]] + ["%d < n <= %d" % ab for ab in zip(n_edges, n_edges[1:])] + ["n > %d" % n_edges[-1]]
-            groups["n range"] = np.array(bounds)[n_range_index(n_seen, n_edges)]
+        if n_edges:  # each set labelled by its range's bounds: "n <= 300", "300 < n <= 1000", ...
+            groups["n range"] = np.array(n_range_labels(n_edges))[n_range_index(n_seen, n_edges)]
         for kind, labels in groups.items():
             for g in np.unique(labels):
                 sel = labels == g

@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     model, meta = load_checkpoint(args.checkpoint)
     info, limits, cfg = meta.get("info") or {}, meta["limits"], meta["config"]
     train_cfg = info.get("config", {})
+    batch_options = [k for k in BATCH_OPTIONS if train_cfg.get(k)]  # the ones this run set
     n_params = sum(t.numel() for t in model.parameters())
     size_kb = Path(args.checkpoint).stat().st_size / 1024
     L = [
@@ -152,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
           if info.get("averaged_from") else []),
         f"- training store: `{train_cfg.get('train_store')}` ({_store_config(train_cfg.get('train_store'))}; rows subsampled per "
         f"batch to n' in [{train_cfg.get('n_train_min')}, {train_cfg.get('n_train_max')}])",
-        *([f"- batch options: " + ", ".join(f"`{k}` {train_cfg[k]}" for k in BATCH_OPTIONS if train_cfg.get(k))]
-          if any(train_cfg.get(k) for k in BATCH_OPTIONS) else []),
+        *([f"- batch options: " + ", ".join(f"`{k}` {train_cfg[k]}" for k in batch_options)] if batch_options else []),
         f"- validation stores: `{train_cfg.get('val_id_store')}`, `{train_cfg.get('val_ood_store')}`",
         f"- calibration: {json.dumps(info.get('calibration_store', 'half of the in-distribution validation store'))}",
         f"- shipped from: `{info.get('shipped_from', '-')}`",

@@ -25,6 +25,7 @@ from model.quantiles import (
     apply_calibration,
     fit_calibration,
     fit_calibration_by_n,
+    n_range_labels,
     n_range_index,
     from_target,
     interpolate_quantiles,
@@ -449,8 +450,9 @@ def test_calibration_by_n_range_covers_each_range():
     # a (1, Q) table and no edges is the single-row case
     np.testing.assert_array_equal(apply_calibration(pred, rows[:1]), apply_calibration(pred, rows[0]))
     # documented errors
-    with pytest.raises(ValueError, match="need at least 100"):
+    with pytest.raises(ValueError, match="n range n > 4000: .* need at least 100"):   # named by its bounds
         fit_calibration_by_n(pred, target, levels, n_sets, [4000])
+    assert n_range_labels([300, 1000]) == ["n <= 300", "300 < n <= 1000", "n > 1000"] and n_range_labels([]) == ["all n"]
     with pytest.raises(ValueError, match="strictly increasing"):
         fit_calibration_by_n(pred, target, levels, n_sets, [1000, 500])
     with pytest.raises(ValueError, match="n must have shape"):

@@ -91,10 +91,7 @@ def draw_rows(rng: np.random.Generator, n_min_in_batch: int, n_train_min: int, n
 
 def n_repeats(n: np.ndarray, power: float) -> np.ndarray:
     """Times each set of n rows comes per epoch: max(1, round((n / 100) ** power)); all 1 for power 0."""
-    n = np.asarray(n, dtype=np.float64)
-    if power == 0:
-        return np.ones(n.shape, dtype=np.int64)
-    return np.maximum(1, np.rint((n / 100.0) ** power)).astype(np.int64)
+    return np.maximum(1, np.rint((np.asarray(n, dtype=np.float64) / 100.0) ** power)).astype(np.int64)
 
 
 def jittered_n_order(n: np.ndarray, rng: np.random.Generator) -> np.ndarray:
