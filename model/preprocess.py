@@ -338,6 +338,12 @@ _BLOCK // m rows, and column groups of the max-norm in (g, chunk, m) blocks of a
 _DIFF_BLOCKS = 1
 """The max-norm's (g, chunk, m) difference block may span this many work buffers."""
 
+_TOPK_MIN_REFS = 640
+"""From this many kNN reference rows on, the k-th smallest distance per query comes from
+torch.topk: on one thread, per 2^18-element chunk, topk took under half of numpy's partition
+at 768 and 1,024 rows but about twice as long at 384 and 512 (session 12). Both return the exact k-th
+smallest value, so the features do not depend on the choice (tests/test_speed_equivalence.py)."""
+
 _WORKSPACE = threading.local()
 
 
@@ -441,11 +447,14 @@ def knn_statistics(z: np.ndarray, dx: int, ref: np.ndarray, k: int) -> tuple[np.
             dxm.view(-1).index_fill_(0, flat, inf)
             dym.view(-1).index_fill_(0, flat, inf)
         torch.maximum(dxm, dym, out=joint)
-        jn = joint.numpy()
-        # in place: k-th neighbour distance in column k - 1; distances are >= 0 (or +inf), whose
-        # float32 bit patterns order like int32, and integer selection is faster
-        jn.view(np.int32).partition(k_eff - 1, axis=1)
-        e = jn[:, k_eff - 1]
+        if m >= _TOPK_MIN_REFS:
+            e = torch.topk(joint, k_eff, dim=1, largest=False, sorted=True).values[:, k_eff - 1].numpy()
+        else:
+            jn = joint.numpy()
+            # in place: k-th neighbour distance in column k - 1; distances are >= 0 (or +inf), whose
+            # float32 bit patterns order like int32, and integer selection is faster
+            jn.view(np.int32).partition(k_eff - 1, axis=1)
+            e = jn[:, k_eff - 1]
         eps[start:stop] = e
         less = less_buf[: c * m].reshape(c, m)
         nx[start:stop] = _count_rows(np.less(dxm.numpy(), e[:, None], out=less))
