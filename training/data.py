@@ -141,11 +141,11 @@ class _BatchesBase(Dataset):
         self.batch_size = int(cfg.batch_size)
         self.n_train_min = int(cfg.n_train_min)
         self.n_train_max = int(cfg.n_train_max)
-        self.full_fraction = float(getattr(cfg, "n_train_full_fraction", 0.0))
+        self.full_fraction = float(cfg.n_train_full_fraction)
         self.bucket_sets = max(int(cfg.bucket_sets) or 16 * self.batch_size, self.batch_size)   # sets per dims bucket
         self.with_fingerprint = bool(cfg.log_batch_hash)
-        self.rotate_fraction = float(getattr(cfg, "rotate_fraction", 0.0))
-        self.col_stats_dropout = float(getattr(cfg, "col_stats_dropout", 0.0))
+        self.rotate_fraction = float(cfg.rotate_fraction)
+        self.col_stats_dropout = float(cfg.col_stats_dropout)
         self.model_cfg = model_cfg
         self.process_index = int(process_index)
         self.num_processes = int(num_processes)
@@ -197,7 +197,7 @@ class StoreBatches(_BatchesBase):
         self.dx = np.asarray(store.dx, dtype=np.int64)
         self.dy = np.asarray(store.dy, dtype=np.int64)
         self.mi = np.asarray(store.mi, dtype=np.float64)
-        mine = np.repeat(mine, n_repeats(self.n[mine], float(getattr(cfg, "n_weight_power", 0.0))))
+        mine = np.repeat(mine, n_repeats(self.n[mine], float(cfg.n_weight_power)))
         order = mine[np.argsort(self.dx[mine] + self.dy[mine], kind="stable")]
         self.buckets = np.array_split(order, max(1, len(order) // self.bucket_sets))
         self.batches_per_epoch = sum(len(b) // self.batch_size for b in self.buckets)
