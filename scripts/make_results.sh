@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the README's results: build the benchmark stores (if missing), score the
-# shipped checkpoint against the baselines with the eval harness, time them, and
-# rewrite the model card.
+# shipped checkpoint against the baselines with the eval harness, score it on the same
+# tasks at n = 100, 500 and 1,000 (eval.paired_n), time them, and rewrite the model card.
 #   bash scripts/make_results.sh                 # all of it (~1-1.5 h on 2 cores; KSG at n = 5,000 is most of the test stores)
 #   CHECKPOINT=runs/x/best.safetensors RESULTS_DIR=/tmp/r bash scripts/make_results.sh
 #   REUSE=1 bash scripts/make_results.sh         # new checkpoint: copy the baselines' per-set results
@@ -43,6 +43,10 @@ done
 for b in test-id test-ood; do
     $PY -m eval.harness --store "$S/$b" --out "$OUT/$b" --checkpoint "$CKPT" \
         --estimators model,ksg,gaussian,train_mean --train-store "$TRAIN_STORE" --threads 1 --no-progress $LIMIT $(reuse "$OUT/$b") > /dev/null
+done
+for b in id:34 ood:35; do  # the same 300 tasks (new seeds) at n = 100, 500 and 1,000: paired width and error vs n
+    $PY -m eval.paired_n --config "configs/metagen/bench_${b%%:*}.toml" --seed "${b##*:}" --num-tasks "${MAX_SETS:-300}" \
+        --n 100,500,1000 --out "$OUT/paired-n-${b%%:*}" --checkpoint "$CKPT" --threads 1 --no-progress > /dev/null
 done
 $PY -m eval.bench_speed --threads 1 --rounds 3 --checkpoint "$CKPT" | tee "$OUT/speed.txt"
 $PY scripts/results_tables.py "$OUT" > "$OUT/SUMMARY.md"

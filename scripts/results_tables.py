@@ -10,7 +10,8 @@ to the better classical baseline's, and the model's 90% interval width per n wit
 each true-MI bin (a store draws MI and n independently, so the plain width per n mixes
 in how many high-MI sets each n happened to get; within a bin it does not), and MAE
 per true-MI bin with each bin's share of the model's summed absolute error, and for the
-sets above 8 nats each estimator's mean estimate per family group. Every
+sets above 8 nats each estimator's mean estimate per family group. Then, for every folder
+``python -m eval.paired_n`` wrote (the same tasks sampled at several n), its paired.md. Every
 number is read from those files.
 """
 from __future__ import annotations
@@ -188,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             high = _high_mi_by_group(r)
             if high:
                 out += ["Sets above 8 nats per family group: mean true MI and mean point estimate, nats:", "", *high, ""]
+    for sub in sorted(p for p in root.iterdir() if (p / "paired.md").is_file()):  # eval.paired_n's tables
+        out += [f"### {sub.name}", "", (sub / "paired.md").read_text().rstrip(), ""]
     print("\n".join(out))
     return 0
 

@@ -176,3 +176,15 @@ def test_select_checkpoint_refuses_missing_or_repeated_candidates(tmp_path):
     r = _run(str(tmp_path / "a.safetensors"), "--calib-store", str(tmp_path), "--val", str(tmp_path),
              "--work", str(tmp_path / "w"), "--jobs", "0", script="select_checkpoint.py")
     assert r.returncode == 2 and "--jobs and --threads must be >= 1" in r.stderr
+
+
+def test_results_tables_appends_paired_n_tables_after_the_stores(tmp_path):
+    (tmp_path / "paired-n-ood").mkdir()
+    (tmp_path / "paired-n-ood" / "paired.md").write_text("Paired sets: 2 tasks.\n\n| a | b |\n")
+    (tmp_path / "empty").mkdir()  # neither results.json nor paired.md: skipped
+    lines = _tables_of(tmp_path, "bench-x", [_result_set(100, 1.0, "(0,1]", 0.0, 2.0)],
+                       {"overall": {"count": 1, "mae": 0.1, "rmse": 0.1, "bias": 0.0, "median_time_s": 0.001}, "groups": {}})
+    assert lines.index("### paired-n-ood") > lines.index("### bench-x")
+    i = lines.index("### paired-n-ood")
+    assert lines[i + 2:i + 5] == ["Paired sets: 2 tasks.", "", "| a | b |"]
+    assert "### empty" not in lines
