@@ -338,17 +338,25 @@ _BLOCK // m rows, and column groups of the max-norm in (g, chunk, m) blocks of a
 _DIFF_BLOCKS = 1
 """The max-norm's (g, chunk, m) difference block may span this many work buffers."""
 
-_TOPK_MIN_REFS = 640
-"""From this many kNN reference rows on, the k-th smallest distance per query comes from
-torch.topk: on one thread, per 2^18-element chunk, topk took under half of numpy's partition
-at 768 and 1,024 rows but about twice as long at 384 and 512 (session 12). Both return the exact k-th
-smallest value, so the features do not depend on the choice (tests/test_speed_equivalence.py)."""
+_SELECT_BLOCK = 256
+"""The k-th smallest distance per query is selected (numpy's partition) within blocks of this
+many reference rows, then among the blocks' k smallest, once a row holds more than
+2 * _SELECT_BLOCK: numpy's partition slows down several-fold on rows of 1,024 (on one thread,
+262,144 values in rows of 1,024: 748 us for int16, 1,209 us for the float32 bits as int32;
+in rows of 256: 133 and 199 us; session 13). Exact either way."""
+
+QUANT_SCALE = 4096
+"""knn_quantize: normal scores are rounded to multiples of 1 / QUANT_SCALE and stored as int16."""
+
+_QUANT_MAX = 16383
+"""Largest |rounded score| of the int16 path, so that differences of two fit in int16
+(|z| < 4.0: every normal score of up to about 15,000 rows; larger |z| use float32)."""
 
 _WORKSPACE = threading.local()
 
 
 def _knn_workspace() -> tuple[torch.Tensor, np.ndarray]:
-    """Per-thread reusable buffers: (4 + _DIFF_BLOCKS, _BLOCK) float32 and (_BLOCK,) bool (about 5 MiB).
+    """Per-thread reusable buffers: (4 + _DIFF_BLOCKS, _BLOCK) float32 and (2 * _BLOCK,) bool (about 5.5 MiB).
 
     The kNN step needs a few 1 MiB temporaries per call; fresh ones are new pages every
     time (the allocator hands big blocks back to the OS), and the page faults cost more
@@ -359,13 +367,13 @@ def _knn_workspace() -> tuple[torch.Tensor, np.ndarray]:
     ws = getattr(_WORKSPACE, "buffers", None)
     if ws is None:
         with torch.inference_mode(False):
-            ws = (torch.empty((4 + _DIFF_BLOCKS, _BLOCK), dtype=torch.float32), np.empty(_BLOCK, dtype=bool))
+            ws = (torch.empty((4 + _DIFF_BLOCKS, _BLOCK), dtype=torch.float32), np.empty(2 * _BLOCK, dtype=bool))
         _WORKSPACE.buffers = ws
     return ws
 
 
 def _max_norm_t(at: torch.Tensor, bt: torch.Tensor, out: torch.Tensor, tmp: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
-    """Max-norm distances into out (p, q) from transposed inputs at (d, p), bt (d, q), float32.
+    """Max-norm distances into out (p, q) from transposed inputs at (d, p), bt (d, q), float32 or int16.
 
     |a - b| and max are exact in floating point, so the result does not depend on how it
     is computed (it equals torch.cdist(a, b, p=inf) bit for bit, which is several times
@@ -375,7 +383,7 @@ def _max_norm_t(at: torch.Tensor, bt: torch.Tensor, out: torch.Tensor, tmp: torc
     d, p = at.shape
     q = bt.shape[1]
     step = max(1, diff.numel() // max(1, p * q))
-    if step == 1:
+    if step == 1 or out.dtype == torch.int16:  # torch.amax is slow on int16: one column at a time
         torch.sub(at[0, :, None], bt[0], out=out).abs_()
         for j in range(1, d):
             torch.sub(at[j, :, None], bt[j], out=tmp).abs_()
@@ -400,7 +408,34 @@ def _count_rows(b: np.ndarray) -> np.ndarray:
     return np.count_nonzero(b, axis=1)
 
 
-def knn_statistics(z: np.ndarray, dx: int, ref: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+def _kth_smallest(a: np.ndarray, k: int) -> np.ndarray:
+    """k-th smallest (1-based) of each row of a C-contiguous integer array a (c, m); reorders a in place. (c,)
+
+    Rows wider than 2 * _SELECT_BLOCK are partitioned in blocks first: the k smallest of a
+    row are among its blocks' k smallest and the columns left over, so the result is exact.
+    """
+    c, m = a.shape
+    b = _SELECT_BLOCK
+    if m <= 2 * b or k > b:
+        a.partition(k - 1, axis=1)
+        return a[:, k - 1].copy()
+    nb = m // b
+    blocks = a[:, : nb * b].reshape(c, nb, b)  # a view (rows are contiguous)
+    blocks.partition(k - 1, axis=2)
+    cand = np.concatenate([blocks[:, :, :k].reshape(c, nb * k), a[:, nb * b :]], axis=1)  # (c, nb k + m mod b)
+    cand.partition(k - 1, axis=1)
+    return cand[:, k - 1].copy()
+
+
+def quantized_scores(z: np.ndarray) -> np.ndarray | None:
+    """z (n, D) rounded to multiples of 1 / QUANT_SCALE, as int16 (n, D); None if some |z| is too large for int16."""
+    q = np.rint(np.asarray(z, dtype=np.float64) * QUANT_SCALE)
+    if q.size and np.abs(q).max() > _QUANT_MAX:
+        return None
+    return q.astype(np.int16)
+
+
+def knn_statistics(z: np.ndarray, dx: int, ref: np.ndarray, k: int, quantize: bool = False) -> tuple[np.ndarray, float]:
     """Per-row KSG (algorithm 1) statistics with max-norm distances on z (n, D).
 
     Every row is a query against the reference rows `ref` (itself excluded). With
@@ -414,13 +449,23 @@ def knn_statistics(z: np.ndarray, dx: int, ref: np.ndarray, k: int) -> tuple[np.
     All features are symmetric under an x/y swap.
 
     Distances are float32 max-norms (exact, so eps and the counts do not depend on how
-    they are computed); a query's own reference entry is set to +inf.
+    they are computed); a query's own reference entry is set to +inf. With quantize=True
+    (``ModelConfig.knn_quantize``) they are max-norms of the scores rounded to multiples of
+    1 / QUANT_SCALE (`quantized_scores`), in int16, exact on those: about twice as fast, and
+    a neighbour at almost exactly eps may count differently (KSG moves by about 1e-3 nats).
+    Scores too large for int16 (|z| >= 4, e.g. the "standardize" input) fall back to float32.
     """
     n = z.shape[0]
     ref = np.asarray(ref, dtype=np.int64)
     m = ref.size
     k_eff = max(1, min(k, m - 1))
-    zt = torch.from_numpy(np.ascontiguousarray(np.asarray(z).T, dtype=np.float32))  # (D, n)
+    q = quantized_scores(z) if quantize else None
+    if q is not None:
+        zt = torch.from_numpy(np.ascontiguousarray(q.T))  # (D, n) int16
+        far = float(torch.iinfo(torch.int16).max)
+    else:
+        zt = torch.from_numpy(np.ascontiguousarray(np.asarray(z).T, dtype=np.float32))  # (D, n)
+        far = float("inf")
     rt = zt[:, torch.from_numpy(ref)]  # (D, m)
     ref_pos = np.full(n, -1, dtype=np.int64)
     ref_pos[ref] = np.arange(m)
@@ -428,12 +473,14 @@ def knn_statistics(z: np.ndarray, dx: int, ref: np.ndarray, k: int) -> tuple[np.
     nx = np.empty(n, dtype=np.int64)
     ny = np.empty(n, dtype=np.int64)
     if m > _BLOCK:  # more reference rows than one buffer holds (not reached with sane configs)
-        bufs, less_buf = torch.empty((4 + _DIFF_BLOCKS, m)), np.empty(m, dtype=bool)
+        bufs, less_buf = torch.empty((4 + _DIFF_BLOCKS, m)), np.empty(2 * m, dtype=bool)
         chunk = 1
     else:
         bufs, less_buf = _knn_workspace()
         chunk = _BLOCK // m
-    inf = float("inf")
+    if q is not None:  # the same memory as (rows, 2 * columns) int16: twice the queries per chunk
+        bufs = bufs.view(torch.int16)
+        chunk = bufs.shape[1] // m
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         c = stop - start
@@ -444,18 +491,18 @@ def knn_statistics(z: np.ndarray, dx: int, ref: np.ndarray, k: int) -> tuple[np.
         qi = np.flatnonzero(ref_pos[start:stop] >= 0)
         if qi.size:  # a query never counts itself
             flat = torch.from_numpy(qi * m + ref_pos[start + qi])
-            dxm.view(-1).index_fill_(0, flat, inf)
-            dym.view(-1).index_fill_(0, flat, inf)
+            dxm.view(-1).index_fill_(0, flat, far)
+            dym.view(-1).index_fill_(0, flat, far)
         torch.maximum(dxm, dym, out=joint)
-        if m >= _TOPK_MIN_REFS:
-            e = torch.topk(joint, k_eff, dim=1, largest=False, sorted=True).values[:, k_eff - 1].numpy()
+        jn = joint.numpy()
+        if q is not None:
+            e = _kth_smallest(jn, k_eff)
+            eps[start:stop] = e.astype(np.float32) / QUANT_SCALE
         else:
-            jn = joint.numpy()
-            # in place: k-th neighbour distance in column k - 1; distances are >= 0 (or +inf), whose
-            # float32 bit patterns order like int32, and integer selection is faster
-            jn.view(np.int32).partition(k_eff - 1, axis=1)
-            e = jn[:, k_eff - 1]
-        eps[start:stop] = e
+            # k-th neighbour distance; distances are >= 0 (or +inf), whose float32 bit patterns
+            # order like int32, and integer selection is faster
+            e = _kth_smallest(jn.view(np.int32), k_eff).view(np.float32)
+            eps[start:stop] = e
         less = less_buf[: c * m].reshape(c, m)
         nx[start:stop] = _count_rows(np.less(dxm.numpy(), e[:, None], out=less))
         ny[start:stop] = _count_rows(np.less(dym.numpy(), e[:, None], out=less))
@@ -603,7 +650,7 @@ def prepare_batch(
         knn, ksg = None, None
         if config.use_knn:
             ref = subset(config.knn_rows, SUBSET_SEED + 1)
-            knn, ksg = knn_statistics(z, dx, ref, config.knn_k)
+            knn, ksg = knn_statistics(z, dx, ref, config.knn_k, quantize=config.knn_quantize)
         stats = set_statistics(r, ksg, n, dx, dy, config.cca_top)
         cols = column_statistics(z, dx) if config.use_col_stats else None
         per_set.append((z, dx, dy, cell_idx, knn, stats, cols))

@@ -7,7 +7,8 @@
 Steps: load the weights, (optionally) widen the n range that inference accepts
 without subsampling to the range validated on held-out stores (``--n-max``),
 (optionally) change the number of kNN reference rows (``--knn-rows``: an input
-switch, see ``model.network.switch_inputs``; fewer rows make a call faster), refit
+switch, see ``model.network.switch_inputs``; fewer rows make a call faster) or the kNN
+distances' precision (``--knn-quantize true``: int16-rounded scores, faster), refit
 the per-level conformal offsets on a calibration store that was used neither for
 training nor for testing (predictions made exactly as ``infer`` makes them, i.e.
 with the same subsampling rule), and write the result. ``--calib-groups dims``
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="group-robust offsets over dimension ranges (default), over those and over "
                         "geometric vs other transforms, or one pooled fit")
     p.add_argument("--knn-rows", type=int, help="kNN reference rows at inference (default: the run's)")
+    p.add_argument("--knn-quantize", choices=("true", "false"),
+                   help="kNN distances on int16-rounded scores (faster) or exact float32 (default: the run's)")
     p.add_argument("--init-from", help="the checkpoint the run was started from, recorded as its lineage when the "
                                        "run's own metadata lacks it (runs made before train.py recorded it)")
     args = p.parse_args(argv)
@@ -114,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.knn_rows is not None and args.knn_rows != model.config.knn_rows:
         info["knn_rows_trained"] = model.config.knn_rows
         model = switch_inputs(model, knn_rows=int(args.knn_rows))
+    if args.knn_quantize is not None and (args.knn_quantize == "true") != model.config.knn_quantize:
+        info["knn_quantize_trained"] = model.config.knn_quantize
+        model = switch_inputs(model, knn_quantize=args.knn_quantize == "true")
     if args.n_max is not None:
         limits["n_max_trained"] = limits["n_max"]
         limits["n_max"] = int(args.n_max)

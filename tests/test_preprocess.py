@@ -13,12 +13,15 @@ from scipy.stats import rankdata
 
 from model.network import ModelConfig
 from model.preprocess import (
+    QUANT_SCALE,
     R_MAX,
+    _kth_smallest,
     canonical_correlations,
     canonical_subset,
     knn_statistics,
     normal_scores,
     prepare_batch,
+    quantized_scores,
     set_statistics,
     standardize,
 )
@@ -127,6 +130,62 @@ def test_knn_statistics_match_brute_force_ksg():
     expected = _ksg_brute(z, 2, 3)
     np.testing.assert_allclose(feats[:, 0], expected, atol=1e-4)
     assert mean == pytest.approx(expected.mean(), abs=1e-5)
+
+
+@pytest.mark.parametrize("width", [1, 7, 512, 513, 1000, 1024, 1500])
+@pytest.mark.parametrize("dtype", [np.int16, np.int32])
+def test_kth_smallest_matches_a_full_sort(width, dtype):
+    rng = np.random.default_rng(width)
+    a = rng.integers(0, 50 if width > 100 else 5, size=(37, width)).astype(dtype)  # many ties
+    for k in (1, 3, 5):
+        if k > width:
+            continue
+        want = np.sort(a, axis=1)[:, k - 1]
+        np.testing.assert_array_equal(_kth_smallest(a.copy(), k), want)
+
+
+def _correlated_scores(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2))
+    y = x[:, :1] + 0.5 * rng.normal(size=(n, 1))
+    return np.column_stack([normal_scores(x), normal_scores(y)])
+
+
+@pytest.mark.parametrize("n, refs", [(150, 150), (700, 600)])  # 600 > 2 * 256: blocked selection
+def test_quantized_knn_statistics_match_brute_force_on_the_rounded_scores(n, refs):
+    z = _correlated_scores(n, 8)
+    ref = np.arange(refs)
+    feats, mean = knn_statistics(z, 2, ref, 3, quantize=True)
+    zq = np.rint(z * QUANT_SCALE) / QUANT_SCALE  # exact in float64: the distances are too
+    want_feats, want_mean = knn_statistics(zq, 2, ref, 3)  # exact float32 path on the rounded scores ...
+    if refs == n:
+        np.testing.assert_allclose(feats[:, 0], _ksg_brute(zq, 2, 3), atol=1e-9)  # ... and brute force
+    np.testing.assert_allclose(feats[:, :3], want_feats[:, :3], atol=1e-9)
+    np.testing.assert_allclose(feats[:, 3], want_feats[:, 3], atol=1e-6)  # log eps: float32 rounding
+    assert mean == pytest.approx(want_mean, abs=1e-9)
+    exact_feats, exact_mean = knn_statistics(z, 2, ref, 3)
+    assert abs(mean - exact_mean) < 0.01  # rounding moves a few neighbours across eps, not the estimate
+    assert np.mean(np.abs(feats[:, 0] - exact_feats[:, 0]) > 1e-9) < 0.2
+
+
+def test_quantized_knn_falls_back_to_float32_for_large_scores():
+    rng = np.random.default_rng(9)
+    z = rng.standard_t(2, size=(200, 2)) * 3  # |z| >= 4 somewhere: out of the int16 range
+    assert quantized_scores(z) is None
+    a, am = knn_statistics(z, 1, np.arange(200), 3, quantize=True)
+    b, bm = knn_statistics(z, 1, np.arange(200), 3)
+    np.testing.assert_array_equal(a, b)
+    assert quantized_scores(np.array([[4.0 - 1 / QUANT_SCALE]])) is not None
+
+
+def test_prepare_batch_uses_the_quantized_knn_path_when_configured():
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(300, 2))
+    y = x + rng.normal(size=(300, 2))
+    exact = prepare_batch([(x, y)], ModelConfig(knn_rows=64))
+    rounded = prepare_batch([(x, y)], ModelConfig(knn_rows=64, knn_quantize=True))
+    assert not torch.equal(exact.knn, rounded.knn)
+    torch.testing.assert_close(rounded.knn, exact.knn, atol=0.2, rtol=0)
 
 
 def test_knn_workspace_first_made_under_inference_mode_serves_training_calls():

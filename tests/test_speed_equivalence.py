@@ -481,7 +481,7 @@ def test_subsets_and_knn_equal_reference(n, dx, dy, kind):
             assert np.array_equal(canonical_subset(z, dx, size, seed=seed), ref_canonical_subset(z, dx, size, seed=seed))
         rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
         assert np.array_equal(canonical_subset(z, dx, max(size, 1), rng_a), ref_canonical_subset(z, dx, max(size, 1), rng_b))
-    sizes = (256, 1024) if n > 1024 else (256,)  # 1,024 rows: the torch.topk path (_TOPK_MIN_REFS)
+    sizes = (256, 1024) if n > 1024 else (256,)  # 1,024 rows: selection in blocks (_SELECT_BLOCK)
     for ref in [ref_canonical_subset(z, dx, size, seed=SUBSET_SEED + 1) for size in sizes] + [np.arange(0, n, 3)]:
         for k in (1, 3, 5):
             feats, mean = knn_statistics(z, dx, ref, k)

@@ -514,6 +514,15 @@ def test_ship_checkpoint_calibrates_and_switches_knn_rows(stores, tmp_path):
     wide, narrow = np.asarray(geo_meta["calibration"]), np.asarray(meta["calibration"])
     assert geo_meta["info"]["calibration_store"]["groups"] == "dims+geometry"
     assert np.all(wide[levels > 0.5] >= narrow[levels > 0.5]) and np.all(wide[levels < 0.5] <= narrow[levels < 0.5])
+    # --knn-quantize switches the kNN distances to int16-rounded scores; the weights stay, the switch is recorded
+    quant = tmp_path / "shipped-quant.safetensors"
+    r = subprocess.run([PY, str(ROOT / "scripts" / "ship_checkpoint.py"), "--src", str(out), "--out", str(quant),
+                        "--knn-quantize", "true"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    qmodel, qmeta = load_checkpoint(quant)
+    assert qmodel.config.knn_quantize and not model.config.knn_quantize
+    assert qmeta["info"]["knn_quantize_trained"] is False
+    assert all(torch.equal(a, b) for a, b in zip(qmodel.state_dict().values(), model.state_dict().values()))
 
 
 def test_ship_checkpoint_fits_offsets_per_n_range_on_pooled_stores(stores, tmp_path):
