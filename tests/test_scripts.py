@@ -188,3 +188,11 @@ def test_results_tables_appends_paired_n_tables_after_the_stores(tmp_path):
     i = lines.index("### paired-n-ood")
     assert lines[i + 2:i + 5] == ["Paired sets: 2 tasks.", "", "| a | b |"]
     assert "### empty" not in lines
+
+
+def test_bench_knn_times_both_paths():
+    r = _run("--repeats", "1", script="bench_knn.py")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines()[2:]]
+    assert len(rows) == 6 and all(len(row) == 7 for row in rows)
+    assert all(abs(float(row[6])) < 0.01 for row in rows)  # the int16 path moves the KSG mean by ~1e-3 nats
