@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from eval.bench_speed import median_seconds  # noqa: E402
 from model.preprocess import knn_statistics, normal_scores  # noqa: E402
 
 CASES = ((1000, 5, 256), (1000, 5, 1024), (1000, 25, 256), (1000, 25, 1024), (2000, 1, 1024), (2000, 50, 256))
-
-
-def _median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         y = 0.7 * x + 0.7 * rng.standard_normal((n, d))
         z = np.column_stack([normal_scores(x), normal_scores(y)])
         ref = np.sort(rng.choice(n, min(m, n), replace=False))
-        exact = _median_ms(lambda: knn_statistics(z, d, ref, 3), args.repeats)
-        quant = _median_ms(lambda: knn_statistics(z, d, ref, 3, quantize=True), args.repeats)
+        exact = median_seconds(lambda: knn_statistics(z, d, ref, 3), args.repeats) * 1e3
+        quant = median_seconds(lambda: knn_statistics(z, d, ref, 3, quantize=True), args.repeats) * 1e3
         moved = knn_statistics(z, d, ref, 3, quantize=True)[1] - knn_statistics(z, d, ref, 3)[1]
         print(f"{n:>5} {f'{d}+{d}':>7} {min(m, n):>5} {exact:>11.2f} {quant:>9.2f} {exact / quant:>6.2f} {moved:>+10.4f}")
     return 0
