@@ -341,9 +341,9 @@ _DIFF_BLOCKS = 1
 _SELECT_BLOCK = 256
 """The k-th smallest distance per query is selected (numpy's partition) within blocks of this
 many reference rows, then among the blocks' k smallest, once a row holds more than
-2 * _SELECT_BLOCK: numpy's partition slows down several-fold on rows of 1,024 (on one thread,
-262,144 values in rows of 1,024: 748 us for int16, 1,209 us for the float32 bits as int32;
-in rows of 256: 133 and 199 us; session 13). Exact either way."""
+2 * _SELECT_BLOCK: numpy's partition of the same number of values took several times longer in
+rows of 1,024 than in rows of 256 or 512, for int16 and for the float32 bits as int32 alike
+(session 13; scripts/bench_knn.py times the whole kNN step). Exact either way."""
 
 QUANT_SCALE = 4096
 """knn_quantize: normal scores are rounded to multiples of 1 / QUANT_SCALE and stored as int16."""
