@@ -72,8 +72,9 @@ def _gaussian_examples(checkpoint: str) -> list[str]:
 
 
 def _limits_from_results(results_dir: Path) -> list[str]:
-    """Known-limit bullets computed from the harness results (model vs the floor, high MI, widths);
-    the small "-subset" runs are left out."""
+    """Known-limit bullets computed from the harness results (model vs the floor overall and per family
+    group, high MI, widths, coverage outside the bands overall and per n); the small "-subset" runs are
+    left out."""
     out = []
     subs = sorted(p for p in results_dir.iterdir() if (p / "results.json").is_file()) if results_dir.is_dir() else []
     for sub in (p for p in subs if not p.name.endswith("-subset")):
@@ -93,7 +94,33 @@ def _limits_from_results(results_dir: Path) -> list[str]:
         width = (o.get("width") or {}).get("90")
         if width is not None and width > 4:
             out.append(f"- `{sub.name}`: 90% intervals are wide ({width:.1f} nats on average).")
+        out += _coverage_limits(sub.name, model)
+        for group, s in model["groups"].get("family_group", {}).items():
+            floor_g = est.get("train_mean", {}).get("groups", {}).get("family_group", {}).get(group, {}).get("mae")
+            if floor_g is not None and s.get("mae") is not None and s["mae"] >= floor_g:
+                out.append(f"- `{sub.name}`: on {group} ({s['count']} sets) the model (MAE {s['mae']:.2f} nats) does "
+                           f"not beat predicting the training mean ({floor_g:.2f}).")
     return out or ["- See the test tables above."]
+
+
+COVERAGE_BANDS = {"50": (0.45, 0.55), "90": (0.87, 0.93)}
+"""The issue's bands for the central intervals' coverage; outside them a store (or an n group) is listed."""
+
+
+def _coverage_limits(store: str, model: dict) -> list[str]:
+    """Bullets for central intervals whose coverage leaves COVERAGE_BANDS, overall and per n group."""
+    out = []
+    for c, (lo, hi) in COVERAGE_BANDS.items():
+        cov = (model["overall"].get("coverage") or {}).get(c)
+        if cov is not None and not lo <= cov <= hi:
+            out.append(f"- `{store}`: {c}% intervals cover {cov:.3f} ({'too narrow' if cov < lo else 'too wide'}; "
+                       f"band {lo:.2f}-{hi:.2f}).")
+        off = [(n, s["coverage"][c]) for n, s in model["groups"].get("n", {}).items()
+               if (s.get("coverage") or {}).get(c) is not None and not lo <= s["coverage"][c] <= hi]
+        if off:
+            where = ", ".join(f"{n}: {v:.2f}" for n, v in off)
+            out.append(f"- `{store}`: {c}% coverage per n outside {lo:.2f}-{hi:.2f} at n {where}.")
+    return out
 
 
 def _store_config(path: str | None) -> str:

@@ -196,3 +196,27 @@ def test_bench_knn_times_both_paths():
     rows = [line.split() for line in r.stdout.splitlines()[2:]]
     assert len(rows) == 6 and all(len(row) == 7 for row in rows)
     assert all(abs(float(row[6])) < 0.01 for row in rows)  # the int16 path moves the KSG mean by ~1e-3 nats
+
+
+def test_model_card_lists_coverage_outside_the_bands_and_groups_below_the_floor():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from write_model_card import _coverage_limits, _limits_from_results  # noqa: PLC0415
+
+    def summ(mae, c50=None, c90=None, count=10):
+        return {"mae": mae, "count": count, "coverage": None if c50 is None else {"50": c50, "90": c90}, "width": None}
+
+    model = {"overall": summ(1.0, 0.50, 0.86), "groups": {
+        "n": {"100": summ(1.0, 0.50, 0.90), "1000": summ(1.0, 0.40, 0.95)},
+        "family_group": {"flows": summ(2.2), "spirals": summ(1.0)}, "mi": {}}}
+    lines = _coverage_limits("bench-x", model)
+    assert lines == ["- `bench-x`: 50% coverage per n outside 0.45-0.55 at n 1000: 0.40.",
+                     "- `bench-x`: 90% intervals cover 0.860 (too narrow; band 0.87-0.93).",
+                     "- `bench-x`: 90% coverage per n outside 0.87-0.93 at n 1000: 0.95."]
+    import tempfile  # noqa: PLC0415
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "bench-x").mkdir()
+        floor = {"overall": {"mae": 3.0}, "groups": {"family_group": {"flows": {"mae": 2.0}, "spirals": {"mae": 2.0}}}}
+        (Path(d) / "bench-x" / "results.json").write_text(json.dumps({"estimators": {"model": model, "train_mean": floor}}))
+        out = _limits_from_results(Path(d))
+    assert "- `bench-x`: on flows (10 sets) the model (MAE 2.20 nats) does not beat predicting the training mean (2.00)." in out
+    assert not any("spirals" in line for line in out)
