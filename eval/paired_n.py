@@ -2,7 +2,7 @@
 
     python -m eval.paired_n --config configs/metagen/bench_ood.toml --seed 35 --num-tasks 300 \
         --n 100,500,1000 --out results/paired-n/bench-ood [--checkpoint PATH] \
-        [--estimators model,ksg,gaussian] [--threads 1]
+        [--estimators model,ksg,gaussian,train_mean --train-store DIR] [--threads 1]
 
 The benchmark stores draw a new task for every set, so their per-n rows compare different
 distributions: a 90% interval that is no narrower at n = 1,000 than at n = 500 there may be
@@ -219,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: infer's shipped checkpoint)")
     p.add_argument("--estimators", default="model,ksg,gaussian", help="comma-separated names (default model,ksg,gaussian)")
+    p.add_argument("--train-store", default=None, help="store whose mean MI the train_mean estimator predicts")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -236,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch  # noqa: PLC0415
 
             torch.set_num_threads(args.threads)
-        estimators = [make_estimator(name, seed=0, checkpoint=args.checkpoint, on_out_of_range="ignore") for name in names]
+        estimators = [make_estimator(name, seed=0, checkpoint=args.checkpoint, on_out_of_range="ignore",
+                                     train_store=args.train_store) for name in names]
         for est in estimators:
             if hasattr(est, "check_available"):
                 est.check_available()
@@ -257,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = {"config": str(args.config), "seed": seed, "num_tasks": len(tasks), "skipped": skipped, "n": ns,
-           "checkpoint": args.checkpoint, "estimators": names, "command": command, "torch_threads": _torch_threads()}
+           "checkpoint": args.checkpoint, "estimators": names, "train_store": args.train_store, "command": command,
+           "torch_threads": _torch_threads()}
     (out / "paired.json").write_text(json.dumps(_json_safe({"config": cfg, "levels": list(levels), "summary": summary,
                                                             "records": {str(n): r for n, r in records.items()}}), indent=1))
     md = paired_markdown(summary, names, interval, command) + f"\n{skipped} drawn tasks skipped (dx + dy + 2 > {ns[0]}).\n"

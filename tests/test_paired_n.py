@@ -112,6 +112,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     (["--num-tasks", "0"], "num-tasks"),
     (["--estimators", "model,nope"], "unknown estimator"),
     (["--config", "/nonexistent/x.toml"], "not found"),
+    (["--estimators", "train_mean"], "needs --train-store"),
 ])
 def test_cli_errors(tmp_path, capsys, args, message):
     base = {"--config": str(TINY), "--out": str(tmp_path / "o"), "--estimators": "gaussian", "--num-tasks": "2",
