@@ -95,9 +95,9 @@ def _quantiles(records: list[dict], name: str) -> np.ndarray:
     return np.array([r["predictions"][name]["quantiles"] for r in records], dtype=np.float64)
 
 
-def _widths(records: list[dict], name: str, levels: Sequence[float], coverage: float) -> np.ndarray:
-    """(T,) width of each record's central interval (NaN where the estimate failed)."""
-    lo, hi = metrics.central_interval(levels, _quantiles(records, name), coverage)
+def _widths(q: np.ndarray, levels: Sequence[float], coverage: float) -> np.ndarray:
+    """(T,) width of the central interval of each row of quantiles q (T, Q) (NaN where the estimate failed)."""
+    lo, hi = metrics.central_interval(levels, q, coverage)
     return hi - lo
 
 
@@ -129,8 +129,9 @@ def paired_summary(records_by_n: dict[int, list[dict]], levels: Sequence[float],
             out["per_n"][n][name] = metrics.summarise(levels, _quantiles(recs, name), truth, times, has_interval)
     if interval_estimator is None:
         return out
-    for coverage in (0.5, 0.9):
-        w = np.stack([_widths(records_by_n[n], interval_estimator, levels, coverage) for n in ns])  # (N, T)
+    q_by_n = {n: _quantiles(records_by_n[n], interval_estimator) for n in ns}  # n -> (T, Q)
+    widths = {c: np.stack([_widths(q_by_n[n], levels, c) for n in ns]) for c in (0.5, 0.9)}  # c -> (N, T)
+    for coverage, w in widths.items():
         ok = np.all(np.isfinite(w), axis=0) & np.all(w > 0, axis=0)
         for i in range(len(ns) - 1):
             a, b = w[i, ok], w[i + 1, ok]
@@ -142,7 +143,7 @@ def paired_summary(records_by_n: dict[int, list[dict]], levels: Sequence[float],
                 "ratio_geomean": float(np.exp(np.mean(np.log(b / a)))),
                 "share_narrower": float(np.mean(d < 0)),
             })
-    w90 = np.stack([_widths(records_by_n[n], interval_estimator, levels, 0.9) for n in ns])
+    w90 = widths[0.9]
     bins = np.array([metrics.mi_bin(m) for m in truth])
     out["width90_by_mi"], out["tasks_by_mi"] = {}, {}
     for label, _ in metrics.MI_BINS:
@@ -155,8 +156,7 @@ def paired_summary(records_by_n: dict[int, list[dict]], levels: Sequence[float],
         sel = np.array([group in r["groups"]["family_group"] for r in first])
         if sel.any():
             out["by_group"][group] = {
-                n: metrics.summarise(levels, _quantiles(records_by_n[n], interval_estimator)[sel], truth[sel],
-                                     np.zeros(int(sel.sum())), True)
+                n: metrics.summarise(levels, q_by_n[n][sel], truth[sel], np.zeros(int(sel.sum())), True)
                 for n in ns}
     return out
 
