@@ -23,8 +23,14 @@ fits one row of offsets per n range instead (Mondrian split-conformal,
 network saw): the network's misses depend on n, and one row fitted on a mix where
 small n dominates leaves large-n intervals off nominal. Each range needs at least 100
 calibration sets: ``--calib-store`` may be repeated to pool stores (e.g. add
-``calib-large-n``, made with ``configs/metagen/calib_large_n.toml``). Prints the
-coverage of each quantile level on the calibration sets before and after.
+``calib-large-n``, made with ``configs/metagen/calib_large_n.toml``).
+``--calib-central-robust 0.5`` takes the central levels (0.1 < tau < 0.9) only half-way
+from the pooled to the group-robust offsets (robust ends of a 50% interval over-cover
+the mix); ``--calib-upper-tail 0.7`` (needs ``--calib-n-edges``) fits the levels
+tau >= 0.9 above the first n edge at 1 - 0.7 (1 - tau), for the out-of-distribution
+underestimates at large n that the calibration sets cannot show
+(``model.quantiles.fit_calibration_by_n``). Prints the coverage of each quantile level
+on the calibration sets before and after.
 """
 from __future__ import annotations
 
@@ -98,12 +104,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-groups", choices=("dims", "dims+geometry", "none"), default="dims",
                    help="group-robust offsets over dimension ranges (default), over those and over "
                         "geometric vs other transforms, or one pooled fit")
+    p.add_argument("--calib-central-robust", type=float, default=1.0, metavar="LAMBDA",
+                   help="group-robustness of the central levels' offsets, 0 (pooled) to 1 (default: fully robust)")
+    p.add_argument("--calib-upper-tail", type=float, default=1.0, metavar="K",
+                   help="fit levels tau >= 0.9 above the first n edge at 1 - K (1 - tau); K in (0, 1], default 1")
     p.add_argument("--knn-rows", type=int, help="kNN reference rows at inference (default: the run's)")
     p.add_argument("--knn-quantize", choices=("true", "false"),
                    help="kNN distances on int16-rounded scores (faster) or exact float32 (default: the run's)")
     p.add_argument("--init-from", help="the checkpoint the run was started from, recorded as its lineage when the "
                                        "run's own metadata lacks it (runs made before train.py recorded it)")
     args = p.parse_args(argv)
+    if not 0.0 <= args.calib_central_robust <= 1.0:
+        p.error(f"--calib-central-robust must lie in [0, 1], got {args.calib_central_robust}")
+    if not 0.0 < args.calib_upper_tail <= 1.0:
+        p.error(f"--calib-upper-tail must lie in (0, 1], got {args.calib_upper_tail}")
+    if args.calib_upper_tail != 1.0 and not args.calib_n_edges:
+        p.error("--calib-upper-tail acts above the first n edge: it needs --calib-n-edges")
 
     model, meta = load_checkpoint(args.src)
     limits = dict(meta["limits"])
@@ -158,11 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         grouping = list(groups.values()) or None
         if n_edges:
             try:
-                offsets = fit_calibration_by_n(grid, target, levels, n_seen, n_edges, groups=grouping)
+                offsets = fit_calibration_by_n(grid, target, levels, n_seen, n_edges, groups=grouping,
+                                               central_robust=args.calib_central_robust,
+                                               upper_tail=args.calib_upper_tail)
             except ValueError as e:
                 p.error(str(e))
         else:
-            offsets = fit_calibration(grid, target, levels, groups=grouping)
+            offsets = fit_calibration(grid, target, levels, groups=grouping, central_robust=args.calib_central_robust)
         cal = apply_calibration(grid, offsets, n=n_seen, n_edges=n_edges)
         before = (target[:, None] <= grid).mean(0)
         after = (target[:, None] <= cal).mean(0)
@@ -177,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                 inside, _ = interval_scores(levels, cal[sel], target[sel], 0.9)
                 print(f"{kind} {g:>9}: {sel.sum():5d} sets, central 90% interval covers {inside:.3f}")
         calibration = np.asarray(offsets).tolist()
-        info["calibration_store"] = {**used[0], "groups": args.calib_groups, "n_edges": n_edges}
+        info["calibration_store"] = {**used[0], "groups": args.calib_groups, "n_edges": n_edges,
+                                     "central_robust": args.calib_central_robust,
+                                     "upper_tail": args.calib_upper_tail}
         if len(used) > 1:
             info["calibration_store"]["stores"] = used
     info["shipped_from"] = str(args.src)

@@ -381,6 +381,65 @@ def test_group_robust_calibration_covers_every_group():
         fit_calibration(pred, target, levels, groups=[groups, other[:-1]])
 
 
+def test_central_robust_blends_pooled_and_group_robust_offsets():
+    """central_robust: the central levels (0.1 < tau < 0.9) move from the pooled offsets (0) to the
+    group-robust ones (1, the default) linearly; the tails stay robust; bad values are refused."""
+    rng = np.random.default_rng(3)
+    levels = np.array(ModelConfig().quantile_levels)
+    n = 900
+    groups = rng.integers(0, 3, size=n)
+    target = rng.gamma(2.0, 0.5, size=n)
+    noise = rng.normal(0, 0.3, size=(n, 1)) * np.where(groups == 2, 3.0, 1.0)[:, None]
+    pred = target[:, None] + 0.1 * ndtri(levels)[None, :] + noise
+    pooled = fit_calibration(pred, target, levels)
+    robust = fit_calibration(pred, target, levels, groups=groups)
+    central = (levels > 0.1) & (levels < 0.9)
+    np.testing.assert_array_equal(fit_calibration(pred, target, levels, groups=groups, central_robust=1.0), robust)
+    zero = fit_calibration(pred, target, levels, groups=groups, central_robust=0.0)
+    np.testing.assert_array_equal(zero[central], pooled[central])
+    np.testing.assert_array_equal(zero[~central], robust[~central])
+    half = fit_calibration(pred, target, levels, groups=groups, central_robust=0.5)
+    np.testing.assert_allclose(half[central], 0.5 * (pooled[central] + robust[central]))
+    assert np.any(robust[central] != pooled[central])  # the blend is not vacuous here
+    # the 50% interval: pooled covers the mix at ~nominal, robust well above it, half in between
+    lo, hi = np.searchsorted(levels, 0.25), np.searchsorted(levels, 0.75)
+    inside = lambda off: np.mean((target >= pred[:, lo] + off[lo]) & (target <= pred[:, hi] + off[hi]))
+    assert inside(pooled) < inside(half) < inside(robust)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="central_robust must lie in"):
+            fit_calibration(pred, target, levels, groups=groups, central_robust=bad)
+
+
+def test_upper_tail_fits_upper_levels_higher_above_the_first_edge():
+    """upper_tail k: above the first n edge the levels tau >= 0.9 are fitted at 1 - k (1 - tau), so
+    on the calibration sets of those ranges they cover at least that; the first range is unchanged."""
+    rng = np.random.default_rng(4)
+    levels = np.array(ModelConfig().quantile_levels)
+    n_sets = rng.integers(10, 3000, size=1200)
+    target = rng.gamma(2.0, 0.5, size=n_sets.size)
+    pred = target[:, None] + 0.1 * ndtri(levels)[None, :] + rng.normal(0, 0.3, size=(n_sets.size, 1))
+    plain = fit_calibration_by_n(pred, target, levels, n_sets, [1000])
+    k = 0.7
+    up = fit_calibration_by_n(pred, target, levels, n_sets, [1000], upper_tail=k)
+    np.testing.assert_array_equal(up[0], plain[0])
+    tail = levels >= 0.9
+    np.testing.assert_array_equal(up[1, ~tail], plain[1, ~tail])
+    large = n_sets > 1000
+    np.testing.assert_array_equal(up[1], fit_calibration(pred[large], target[large],
+                                                         np.where(tail, 1 - k * (1 - levels), levels)))
+    cov = np.mean(target[large, None] <= pred[large] + up[1], axis=0)
+    assert np.all(cov[tail] >= 1 - k * (1 - levels[tail]) - 1e-12)
+    assert np.all(up[1, tail] >= plain[1, tail]) and np.any(up[1, tail] > plain[1, tail])
+    # with central_robust passed through to each range's fit
+    dims = rng.integers(0, 2, size=n_sets.size)
+    both = fit_calibration_by_n(pred, target, levels, n_sets, [1000], groups=[dims], central_robust=0.5)
+    np.testing.assert_array_equal(both[0], fit_calibration(pred[~large], target[~large], levels, groups=[dims[~large]],
+                                                           central_robust=0.5))
+    for bad in (0.0, 1.2):
+        with pytest.raises(ValueError, match="upper_tail must lie in"):
+            fit_calibration_by_n(pred, target, levels, n_sets, [1000], upper_tail=bad)
+
+
 @pytest.mark.slow
 def test_tiny_overfit_reduces_pinball_loss():
     _overfit(steps=300)

@@ -1,0 +1,126 @@
+"""Compare conformal calibration schemes for one network on the validation stores.
+
+    python scripts/calibration_study.py --checkpoint data/default.safetensors \
+        --calib-store $S/calib --calib-store $S/calib-large-n --calib-store $S/calib-mid-range \
+        --val $S/val-id --val $S/val-ood --val $S/val-bench-id --val $S/val-bench-ood \
+        --n-edges 300,1000 --n-edges 300,700,1000 --central-robust 1,0.5 --upper-tail 1,0.7 \
+        --work /tmp/calib-study
+
+The network runs once per store, exactly as ``infer`` runs it but without any stored
+calibration (its raw grid quantiles in log1p space are cached under ``--work``, one file
+per store name: clear it when the checkpoint changes); every scheme is then fitted on
+the pooled calibration stores and scored on the validation stores in numpy, in seconds.
+Schemes: every combination of ``--n-edges`` (repeat), ``--central-robust`` and
+``--upper-tail`` (comma-separated) of the dimension-robust per-n-range fit that
+``scripts/ship_checkpoint.py`` makes (``model.quantiles.fit_calibration_by_n``). Prints,
+per scheme and store, the 50% and 90% coverage (also per n for stores with at most five
+distinct n), the mean 90% width in nats and the selection rule's distance outside the
+bands (``scripts/select_checkpoint.outside_bands``, within one standard error counts as
+inside), schemes ordered by it. Validation stores only: test stores report the shipped
+checkpoint and must not choose its calibration.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import infer  # noqa: E402
+from eval.metrics import dims_bucket, interval_scores  # noqa: E402
+from metagen.store import open_store  # noqa: E402
+from model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from model.quantiles import apply_calibration, fit_calibration_by_n  # noqa: E402
+from scripts.ship_checkpoint import _int_list  # noqa: E402
+from scripts.select_checkpoint import outside_bands  # noqa: E402
+
+
+def raw_grid(checkpoint: Path, store_path: str, work: Path) -> dict[str, np.ndarray]:
+    """Uncalibrated grid (N, Q) in log1p nats, truth t = log1p(MI) (N,), rows seen n (N,), dims labels (N,)."""
+    cache = work / (Path(store_path).name + ".npz")
+    if cache.is_file():
+        return dict(np.load(cache))
+    model, meta = load_checkpoint(checkpoint)
+    tmp = work / "uncalibrated.safetensors"
+    save_checkpoint(tmp, model, limits=dict(meta["limits"]), calibration=None, info=meta.get("info") or {})
+    loaded = infer.load(tmp)
+    store = open_store(store_path)
+    sets, dims = [], []
+    for i in range(len(store)):
+        x, y = store.get(i)
+        sets.append(infer._check_range(x.astype(np.float64), y.astype(np.float64), dict(meta["limits"]), "ignore", "auto"))
+        dims.append(dims_bucket(int(store.dx[i]), int(store.dy[i])))
+    out = {"grid": infer._forward_grid(loaded, sets), "t": np.log1p(np.asarray(store.mi, dtype=np.float64)),
+           "n": np.array([x.shape[0] for x, _ in sets]), "dims": np.array(dims)}
+    np.savez(cache, **out)
+    return out
+
+
+def coverage(levels: np.ndarray, grid: np.ndarray, t: np.ndarray) -> dict[str, float]:
+    """50% and 90% coverage and the mean 90% width in nats of calibrated grids (N, Q) against t (N,)."""
+    q, mi = np.expm1(grid), np.expm1(t)
+    c50, _ = interval_scores(levels, q, mi, 0.5)
+    c90, w90 = interval_scores(levels, q, mi, 0.9)
+    return {"50": c50, "90": c90, "width90": w90}
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--calib-store", action="append", required=True, help="calibration store (repeat to pool)")
+    p.add_argument("--val", action="append", required=True, help="validation store (repeat)")
+    p.add_argument("--n-edges", action="append", type=_int_list, metavar="N1,N2,...",
+                   help="n ranges of one scheme (repeat to compare; default 300,1000)")
+    p.add_argument("--central-robust", type=_floats, default=[1.0], help="comma-separated values to compare")
+    p.add_argument("--upper-tail", type=_floats, default=[1.0], help="comma-separated values to compare")
+    p.add_argument("--work", required=True, help="cache folder for the raw predictions")
+    p.add_argument("--out", help="write all numbers here as JSON")
+    args = p.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    levels = np.asarray(load_checkpoint(args.checkpoint)[0].config.quantile_levels, dtype=np.float64)
+    cal = [raw_grid(Path(args.checkpoint), s, work) for s in args.calib_store]
+    cal = {k: np.concatenate([c[k] for c in cal]) for k in cal[0]}
+    vals = {Path(s).name: raw_grid(Path(args.checkpoint), s, work) for s in args.val}
+    results = []
+    for edges in args.n_edges or [[300, 1000]]:
+        for lam in args.central_robust:
+            for up in args.upper_tail:
+                try:
+                    offsets = fit_calibration_by_n(cal["grid"], cal["t"], levels, cal["n"], edges, groups=cal["dims"],
+                                                   central_robust=lam, upper_tail=up)
+                except ValueError as e:
+                    p.error(str(e))
+                row = {"n_edges": edges, "central_robust": lam, "upper_tail": up, "stores": {}}
+                for name, v in vals.items():
+                    g = apply_calibration(v["grid"], offsets, n=v["n"], n_edges=edges)
+                    s = coverage(levels, g, v["t"])
+                    s["outside"] = outside_bands(s, len(v["t"]))
+                    ns = np.unique(v["n"])
+                    if len(ns) <= 5:
+                        s["per_n"] = {str(k): coverage(levels, g[v["n"] == k], v["t"][v["n"] == k]) for k in ns}
+                    row["stores"][name] = s
+                row["outside"] = sum(s["outside"] for s in row["stores"].values())
+                results.append(row)
+    results.sort(key=lambda r: r["outside"])
+    for r in results:
+        print(f"n_edges {','.join(map(str, r['n_edges']))}  central_robust {r['central_robust']:g}  "
+              f"upper_tail {r['upper_tail']:g}: distance outside the bands {r['outside']:.4f}")
+        for name, s in r["stores"].items():
+            per = "".join(f"  n={k}: {c['50']:.3f}/{c['90']:.3f} w{c['width90']:.2f}" for k, c in s.get("per_n", {}).items())
+            print(f"  {name:14s} cov50 {s['50']:.3f} cov90 {s['90']:.3f} width90 {s['width90']:.2f}{per}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
