@@ -8,20 +8,21 @@
 
 The network runs once per store, exactly as ``infer`` runs it but without any stored
 calibration (its raw grid quantiles in log1p space are cached under ``--work``, one file
-per store name: clear it when the checkpoint changes); every scheme is then fitted on
-the pooled calibration stores and scored on the validation stores in numpy, in seconds.
-Schemes: every combination of ``--n-edges`` (repeat), ``--central-robust`` and
-``--upper-tail`` (comma-separated) of the dimension-robust per-n-range fit that
+per checkpoint content and store name); every scheme is then fitted on the pooled
+calibration stores and scored on the validation stores in numpy, in seconds. Schemes:
+every combination of ``--n-edges`` (repeat), ``--central-robust`` and ``--upper-tail``
+(comma-separated) of the dimension-robust per-n-range fit that
 ``scripts/ship_checkpoint.py`` makes (``model.quantiles.fit_calibration_by_n``). Prints,
-per scheme and store, the 50% and 90% coverage (also per n for stores with at most five
-distinct n), the mean 90% width in nats and the selection rule's distance outside the
-bands (``scripts/select_checkpoint.outside_bands``, within one standard error counts as
+per scheme and store, the MAE of the median, the 50% and 90% coverage (also per n for
+stores with at most five distinct n), the mean 90% width in nats and the selection
+rule's distance outside the bands (``scripts/select_checkpoint.outside_bands``, within one standard error counts as
 inside), schemes ordered by it. Validation stores only: test stores report the shipped
 checkpoint and must not choose its calibration.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import infer  # noqa: E402
-from eval.metrics import dims_bucket, interval_scores  # noqa: E402
+from eval.metrics import dims_bucket, interval_scores, quantile_at  # noqa: E402
 from metagen.store import open_store  # noqa: E402
 from model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from model.quantiles import apply_calibration, fit_calibration_by_n  # noqa: E402
@@ -41,7 +42,8 @@ from scripts.select_checkpoint import outside_bands  # noqa: E402
 
 def raw_grid(checkpoint: Path, store_path: str, work: Path) -> dict[str, np.ndarray]:
     """Uncalibrated grid (N, Q) in log1p nats, truth t = log1p(MI) (N,), rows seen n (N,), dims labels (N,)."""
-    cache = work / (Path(store_path).name + ".npz")
+    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:12]
+    cache = work / f"{digest}-{Path(store_path).name}.npz"
     if cache.is_file():
         return dict(np.load(cache))
     model, meta = load_checkpoint(checkpoint)
@@ -61,11 +63,11 @@ def raw_grid(checkpoint: Path, store_path: str, work: Path) -> dict[str, np.ndar
 
 
 def coverage(levels: np.ndarray, grid: np.ndarray, t: np.ndarray) -> dict[str, float]:
-    """50% and 90% coverage and the mean 90% width in nats of calibrated grids (N, Q) against t (N,)."""
+    """50% and 90% coverage, mean 90% width and MAE of the median (nats) of calibrated grids (N, Q) against t (N,)."""
     q, mi = np.expm1(grid), np.expm1(t)
     c50, _ = interval_scores(levels, q, mi, 0.5)
     c90, w90 = interval_scores(levels, q, mi, 0.9)
-    return {"50": c50, "90": c90, "width90": w90}
+    return {"50": c50, "90": c90, "width90": w90, "mae": float(np.mean(np.abs(quantile_at(levels, q, 0.5) - mi)))}
 
 
 def _floats(text: str) -> list[float]:
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
               f"upper_tail {r['upper_tail']:g}: distance outside the bands {r['outside']:.4f}")
         for name, s in r["stores"].items():
             per = "".join(f"  n={k}: {c['50']:.3f}/{c['90']:.3f} w{c['width90']:.2f}" for k, c in s.get("per_n", {}).items())
-            print(f"  {name:14s} cov50 {s['50']:.3f} cov90 {s['90']:.3f} width90 {s['width90']:.2f}{per}")
+            print(f"  {name:14s} MAE {s['mae']:.3f} cov50 {s['50']:.3f} cov90 {s['90']:.3f} width90 {s['width90']:.2f}{per}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     return 0
