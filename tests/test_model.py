@@ -340,15 +340,21 @@ def test_calibration_reaches_nominal_coverage():
     assert np.all(cov_cal >= levels - 1.0 / n - 1e-12)  # the running max only raises quantiles
 
 
-def test_group_robust_calibration_covers_every_group():
-    rng = np.random.default_rng(1)
+def _grouped_predictor(seed: int, n: int = 900):
+    """levels (Q,), groups (n,) in {0, 1, 2}, target (n,), pred (n, Q): quantiles too narrow
+    everywhere, and far more so in group 2 (its spread is 3x larger)."""
+    rng = np.random.default_rng(seed)
     levels = np.array(ModelConfig().quantile_levels)
-    n = 900
     groups = rng.integers(0, 3, size=n)
     target = rng.gamma(2.0, 0.5, size=n)
-    # too narrow everywhere, and far more so in group 2 (its spread is 3x larger)
     noise = rng.normal(0, 0.3, size=(n, 1)) * np.where(groups == 2, 3.0, 1.0)[:, None]
-    pred = target[:, None] + 0.1 * ndtri(levels)[None, :] + noise
+    return levels, groups, target, target[:, None] + 0.1 * ndtri(levels)[None, :] + noise
+
+
+def test_group_robust_calibration_covers_every_group():
+    levels, groups, target, pred = _grouped_predictor(1)
+    n = target.size
+    rng = np.random.default_rng(11)
     pooled = fit_calibration(pred, target, levels)
     robust = fit_calibration(pred, target, levels, groups=groups)
     for g in range(3):
@@ -384,13 +390,7 @@ def test_group_robust_calibration_covers_every_group():
 def test_central_robust_blends_pooled_and_group_robust_offsets():
     """central_robust: the central levels (0.1 < tau < 0.9) move from the pooled offsets (0) to the
     group-robust ones (1, the default) linearly; the tails stay robust; bad values are refused."""
-    rng = np.random.default_rng(3)
-    levels = np.array(ModelConfig().quantile_levels)
-    n = 900
-    groups = rng.integers(0, 3, size=n)
-    target = rng.gamma(2.0, 0.5, size=n)
-    noise = rng.normal(0, 0.3, size=(n, 1)) * np.where(groups == 2, 3.0, 1.0)[:, None]
-    pred = target[:, None] + 0.1 * ndtri(levels)[None, :] + noise
+    levels, groups, target, pred = _grouped_predictor(3)
     pooled = fit_calibration(pred, target, levels)
     robust = fit_calibration(pred, target, levels, groups=groups)
     central = (levels > 0.1) & (levels < 0.9)
