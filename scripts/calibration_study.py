@@ -47,7 +47,7 @@ def raw_grid(checkpoint: Path, store_path: str, work: Path) -> dict[str, np.ndar
     if cache.is_file():
         return dict(np.load(cache))
     model, meta = load_checkpoint(checkpoint)
-    tmp = work / "uncalibrated.safetensors"
+    tmp = work / f"{digest}-uncalibrated.safetensors"  # one per checkpoint: parallel studies share --work
     save_checkpoint(tmp, model, limits=dict(meta["limits"]), calibration=None, info=meta.get("info") or {})
     loaded = infer.load(tmp)
     store = open_store(store_path)
