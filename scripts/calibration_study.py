@@ -14,7 +14,7 @@ every combination of ``--n-edges`` (repeat), ``--central-robust`` and ``--upper-
 (comma-separated) of the dimension-robust per-n-range fit that
 ``scripts/ship_checkpoint.py`` makes (``model.quantiles.fit_calibration_by_n``). Prints,
 per scheme and store, the MAE of the median, the 50% and 90% coverage (also per n for
-stores with at most five distinct n), the mean 90% width in nats and the selection
+stores with at most five distinct n; for 90% also the share of sets below and above it), the mean 90% width in nats and the selection
 rule's distance outside the bands (``scripts/select_checkpoint.outside_bands``, within one standard error counts as
 inside), schemes ordered by it. Validation stores only: test stores report the shipped
 checkpoint and must not choose its calibration.
@@ -67,7 +67,9 @@ def coverage(levels: np.ndarray, grid: np.ndarray, t: np.ndarray) -> dict[str, f
     q, mi = np.expm1(grid), np.expm1(t)
     c50, _ = interval_scores(levels, q, mi, 0.5)
     c90, w90 = interval_scores(levels, q, mi, 0.9)
-    return {"50": c50, "90": c90, "width90": w90, "mae": float(np.mean(np.abs(quantile_at(levels, q, 0.5) - mi)))}
+    return {"50": c50, "90": c90, "width90": w90, "mae": float(np.mean(np.abs(quantile_at(levels, q, 0.5) - mi))),
+            "below05": float(np.mean(mi < quantile_at(levels, q, 0.05))),  # misses of the 90% interval, by side
+            "above95": float(np.mean(mi > quantile_at(levels, q, 0.95)))}
 
 
 def _floats(text: str) -> list[float]:
@@ -118,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
               f"upper_tail {r['upper_tail']:g}: distance outside the bands {r['outside']:.4f}")
         for name, s in r["stores"].items():
             per = "".join(f"  n={k}: {c['50']:.3f}/{c['90']:.3f} w{c['width90']:.2f}" for k, c in s.get("per_n", {}).items())
-            print(f"  {name:14s} MAE {s['mae']:.3f} cov50 {s['50']:.3f} cov90 {s['90']:.3f} width90 {s['width90']:.2f}{per}")
+            print(f"  {name:14s} MAE {s['mae']:.3f} cov50 {s['50']:.3f} cov90 {s['90']:.3f} "
+                  f"(below {s['below05']:.3f}, above {s['above95']:.3f}) width90 {s['width90']:.2f}{per}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     return 0
