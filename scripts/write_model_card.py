@@ -23,6 +23,21 @@ BATCH_OPTIONS = ("n_train_full_fraction", "n_weight_power", "col_stats_dropout",
 """TrainConfig fields that change what a training batch holds; the card lists those that are set."""
 
 
+
+def _calibration_shape(cal: dict) -> str:
+    """One sentence on the offsets' robustness options (ship_checkpoint's --calib-*), or ''."""
+    parts = []
+    if cal.get("groups") and cal["groups"] != "none":
+        robust = cal.get("central_robust", 1.0)
+        parts.append(f"robust over {cal['groups']} groups (every group covered at least nominally)"
+                     + ("" if robust == 1.0 else f" in the tails, {robust:g} of the way from pooled to robust "
+                                                  "in the central levels (0.1 < tau < 0.9)"))
+    if cal.get("upper_tail", 1.0) != 1.0:
+        k = cal["upper_tail"]
+        parts.append(f"above the first n edge the levels tau >= 0.9 fitted at 1 - {k:g} (1 - tau), since out of "
+                     "distribution the misses at large n are mostly underestimates")
+    return ("Offsets " + "; ".join(parts) + ".") if parts else ""
+
 def _fmt(v, nd=3) -> str:
     if v is None:
         return "-"
@@ -160,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
          f"{', '.join(str(e) for e in meta['calibration_n_edges'])}: each range fitted on its own sets)."
          if meta.get("calibration_n_edges") else
          "after per-level conformal offsets fitted on a held-out calibration store."),
+        *filter(None, [_calibration_shape(info.get("calibration_store") or {})]),
         "",
         "Model config:",
         "",

@@ -220,3 +220,15 @@ def test_model_card_lists_coverage_outside_the_bands_and_groups_below_the_floor(
         out = _limits_from_results(Path(d))
     assert "- `bench-x`: on flows (10 sets) the model (MAE 2.20 nats) does not beat predicting the training mean (2.00)." in out
     assert not any("spirals" in line for line in out)
+
+
+def test_model_card_describes_the_calibration_shape():
+    """The card's sentence on ship_checkpoint's --calib-* options: present only when they were used."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from write_model_card import _calibration_shape  # noqa: PLC0415
+
+    assert _calibration_shape({}) == "" and _calibration_shape({"groups": "none"}) == ""
+    plain = _calibration_shape({"groups": "dims", "central_robust": 1.0, "upper_tail": 1.0})
+    assert "robust over dims groups" in plain and "central" not in plain and "n edge" not in plain
+    shaped = _calibration_shape({"groups": "dims", "central_robust": 0.5, "upper_tail": 0.7})
+    assert "0.5 of the way from pooled to robust" in shaped and "1 - 0.7 (1 - tau)" in shaped
