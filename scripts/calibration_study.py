@@ -14,8 +14,9 @@ every combination of ``--n-edges`` (repeat), ``--central-robust`` and ``--upper-
 (comma-separated) of the dimension-robust per-n-range fit that
 ``scripts/ship_checkpoint.py`` makes (``model.quantiles.fit_calibration_by_n``). Prints,
 per scheme and store, the MAE of the median, the 50% and 90% coverage (also per n for
-stores with at most five distinct n; for 90% also the share of sets below and above it), the mean 90% width in nats and the selection
-rule's distance outside the bands (``scripts/select_checkpoint.outside_bands``, within one standard error counts as
+stores with at most five distinct n; for 90% also the share of sets below and above
+it), the mean 90% width in nats and the selection rule's distance outside the bands
+(``scripts/select_checkpoint.outside_bands``, within one standard error counts as
 inside), schemes ordered by it. Validation stores only: test stores report the shipped
 checkpoint and must not choose its calibration.
 """
@@ -31,33 +32,24 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import infer  # noqa: E402
-from eval.metrics import dims_bucket, interval_scores, quantile_at  # noqa: E402
-from metagen.store import open_store  # noqa: E402
-from model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from eval.metrics import interval_scores, quantile_at  # noqa: E402
+from model.checkpoint import load_checkpoint  # noqa: E402
 from model.quantiles import apply_calibration, fit_calibration_by_n  # noqa: E402
-from scripts.ship_checkpoint import _int_list  # noqa: E402
+from scripts.ship_checkpoint import _int_list, uncalibrated_predictions  # noqa: E402
 from scripts.select_checkpoint import outside_bands  # noqa: E402
 
 
 def raw_grid(checkpoint: Path, store_path: str, work: Path) -> dict[str, np.ndarray]:
-    """Uncalibrated grid (N, Q) in log1p nats, truth t = log1p(MI) (N,), rows seen n (N,), dims labels (N,)."""
+    """Uncalibrated grid (N, Q) in log1p nats, truth t = log1p(MI) (N,), rows seen n (N,), dims labels (N,)
+    (``ship_checkpoint.uncalibrated_predictions``), cached under `work` per checkpoint content and store name."""
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:12]
     cache = work / f"{digest}-{Path(store_path).name}.npz"
     if cache.is_file():
         return dict(np.load(cache))
     model, meta = load_checkpoint(checkpoint)
-    tmp = work / f"{digest}-uncalibrated.safetensors"  # one per checkpoint: parallel studies share --work
-    save_checkpoint(tmp, model, limits=dict(meta["limits"]), calibration=None, info=meta.get("info") or {})
-    loaded = infer.load(tmp)
-    store = open_store(store_path)
-    sets, dims = [], []
-    for i in range(len(store)):
-        x, y = store.get(i)
-        sets.append(infer._check_range(x.astype(np.float64), y.astype(np.float64), dict(meta["limits"]), "ignore", "auto"))
-        dims.append(dims_bucket(int(store.dx[i]), int(store.dy[i])))
-    out = {"grid": infer._forward_grid(loaded, sets), "t": np.log1p(np.asarray(store.mi, dtype=np.float64)),
-           "n": np.array([x.shape[0] for x, _ in sets]), "dims": np.array(dims)}
+    pred = uncalibrated_predictions(model, dict(meta["limits"]), meta.get("info") or {}, [store_path],
+                                    work / f"{digest}-uncalibrated.safetensors")  # per checkpoint: studies share work
+    out = {k: pred[k] for k in ("grid", "t", "n", "dims")}
     np.savez(cache, **out)
     return out
 

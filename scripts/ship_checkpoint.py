@@ -83,6 +83,39 @@ def _stream_run_limits(info: dict, limits: dict) -> dict:
     return {**limits, **new}
 
 
+def uncalibrated_predictions(model, limits: dict, info: dict, store_paths: list[str], tmp: Path,
+                            max_sets: int = 0) -> dict:
+    """The network's predictions exactly as ``infer`` makes them (same subsampling rule) but without
+    any stored calibration, on the sets of each store in turn (at most `max_sets` each; 0: all).
+
+    Returns grid (N, Q) quantiles of t = log1p(MI), t (N,) the truth, n (N,) the rows the network
+    saw (after subsampling), dims (N,) dimension-range labels, geometric (N,) whether the transform
+    bends space, used: one record per store. `tmp` holds the uncalibrated checkpoint meanwhile.
+    """
+    save_checkpoint(tmp, model, limits=limits, calibration=None, info=info)
+    sets, target, dims, geometric, used = [], [], [], [], []
+    try:
+        loaded = infer.load(tmp)
+        for path in store_paths:
+            store = open_store(path)
+            idx = np.arange(len(store))
+            if max_sets:
+                idx = idx[:max_sets]
+            for i in idx:
+                x, y = store.get(int(i))
+                sets.append(infer._check_range(x.astype(np.float64), y.astype(np.float64), limits, "ignore", "auto"))
+                dims.append(dims_bucket(int(store.dx[i]), int(store.dy[i])))
+                geometric.append(is_geometric(store.transform_names[int(store.transform[i])]))
+            target.append(np.log1p(store.mi[idx]))
+            used.append({"path": str(path), "sets": int(len(idx)),
+                         "manifest_config": store.manifest.get("config", {}).get("name")})
+        grid = infer._forward_grid(loaded, sets)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"grid": grid, "t": np.concatenate(target), "n": np.array([x.shape[0] for x, _ in sets]),
+            "dims": np.array(dims), "geometric": np.array(geometric), "used": used}
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return list(check_n_edges(int(v) for v in text.split(",") if v.strip()))
@@ -141,30 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         limits["n_max"] = int(args.n_max)
     if args.calib_store:
         n_edges = args.calib_n_edges  # checked by _int_list
-        # predictions exactly as infer makes them, but without any stored calibration
-        tmp = Path(args.out).with_suffix(".uncalibrated.tmp")
-        save_checkpoint(tmp, model, limits=limits, calibration=None, info=info)
-        sets, target, dims, geometric, used = [], [], [], [], []
-        try:
-            loaded = infer.load(tmp)
-            for path in args.calib_store:
-                store = open_store(path)
-                idx = np.arange(len(store))
-                if args.max_sets:
-                    idx = idx[: args.max_sets]
-                for i in idx:
-                    x, y = store.get(int(i))
-                    sets.append(infer._check_range(x.astype(np.float64), y.astype(np.float64), limits, "ignore", "auto"))
-                    dims.append(dims_bucket(int(store.dx[i]), int(store.dy[i])))
-                    geometric.append(is_geometric(store.transform_names[int(store.transform[i])]))
-                target.append(np.log1p(store.mi[idx]))
-                used.append({"path": str(path), "sets": int(len(idx)),
-                             "manifest_config": store.manifest.get("config", {}).get("name")})
-            grid = infer._forward_grid(loaded, sets)
-        finally:
-            tmp.unlink(missing_ok=True)
-        target = np.concatenate(target)
-        n_seen = np.array([x.shape[0] for x, _ in sets])  # rows the network saw (after subsampling)
+        pred = uncalibrated_predictions(model, limits, info, args.calib_store,
+                                        Path(args.out).with_suffix(".uncalibrated.tmp"), args.max_sets)
+        grid, target, n_seen, dims, geometric, used = (pred[k] for k in ("grid", "t", "n", "dims", "geometric", "used"))
         levels = np.asarray(model.config.quantile_levels)
         groups = {}  # grouping name -> labels (N,); empty: one pooled fit
         if args.calib_groups != "none":

@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.checkpoint import lineage, load_checkpoint  # noqa: E402
 from metagen.store import MANIFEST_NAME, read_json  # noqa: E402
+from scripts.select_checkpoint import BANDS  # noqa: E402
 
 BATCH_OPTIONS = ("n_train_full_fraction", "n_weight_power", "col_stats_dropout", "rotate_fraction")
 """TrainConfig fields that change what a training batch holds; the card lists those that are set."""
-
 
 
 def _calibration_shape(cal: dict) -> str:
@@ -37,6 +37,7 @@ def _calibration_shape(cal: dict) -> str:
         parts.append(f"above the first n edge the levels tau >= 0.9 fitted at 1 - {k:g} (1 - tau), since out of "
                      "distribution the misses at large n are mostly underestimates")
     return ("Offsets " + "; ".join(parts) + ".") if parts else ""
+
 
 def _fmt(v, nd=3) -> str:
     if v is None:
@@ -118,14 +119,11 @@ def _limits_from_results(results_dir: Path) -> list[str]:
     return out or ["- See the test tables above."]
 
 
-COVERAGE_BANDS = {"50": (0.45, 0.55), "90": (0.87, 0.93)}
-"""The issue's bands for the central intervals' coverage; outside them a store (or an n group) is listed."""
-
-
 def _coverage_limits(store: str, model: dict) -> list[str]:
-    """Bullets for central intervals whose coverage leaves COVERAGE_BANDS, overall and per n group."""
+    """Bullets for central intervals whose coverage leaves the issue's bands (select_checkpoint.BANDS),
+    overall and per n group."""
     out = []
-    for c, (lo, hi) in COVERAGE_BANDS.items():
+    for c, (lo, hi) in BANDS.items():
         cov = (model["overall"].get("coverage") or {}).get(c)
         if cov is not None and not lo <= cov <= hi:
             out.append(f"- `{store}`: {c}% intervals cover {cov:.3f} ({'too narrow' if cov < lo else 'too wide'}; "
