@@ -262,9 +262,10 @@ def build_model(cfg: TrainConfig, init_from: str | None):
     ``row_layers``: the new layers start as the identity, model.network.add_row_layers) and
     cell layers (a larger ``cell_layers``, likewise, model.network.add_cell_layers), and turn
     on the per-column dependence features (``use_col_stats``: their embedding starts at zero,
-    model.network.add_column_statistics); other fields are ignored."""
+    model.network.add_column_statistics), and widen it (a larger ``dim``, a multiple of the
+    checkpoint's: the same function at first, model.network.widen); other fields are ignored."""
     from model.network import (INPUT_SWITCHES, MIEstimator, add_cell_layers, add_column_statistics, add_row_layers,
-                               switch_inputs)
+                               switch_inputs, widen)
 
     if init_from is None:
         return MIEstimator(cfg.model_config()), None
@@ -276,7 +277,9 @@ def build_model(cfg: TrainConfig, init_from: str | None):
     deeper = differ.get("row_layers", 0) > model.config.row_layers
     more_cells = differ.get("cell_layers", 0) > model.config.cell_layers
     col_stats = bool(differ.get("use_col_stats", False))
-    grown = {k for k, more in (("row_layers", deeper), ("cell_layers", more_cells), ("use_col_stats", col_stats)) if more}
+    wider = differ.get("dim", 0) > model.config.dim
+    grown = {k for k, more in (("row_layers", deeper), ("cell_layers", more_cells), ("use_col_stats", col_stats),
+                               ("dim", wider)) if more}
     ignored = {k: v for k, v in differ.items() if k not in INPUT_SWITCHES and k not in grown}
     if ignored:
         print(f"train.py: note: --init-from keeps the checkpoint's architecture; ignoring {ignored}", file=sys.stderr)
@@ -295,6 +298,13 @@ def build_model(cfg: TrainConfig, init_from: str | None):
         print("train.py: note: --init-from with the per-column dependence features turned on "
               "(their embedding starts at zero)", file=sys.stderr)
         model = add_column_statistics(model)
+    if wider:
+        if differ["dim"] % model.config.dim:
+            raise ConfigError(f"--model.dim {differ['dim']} with --init-from: must be a multiple of the "
+                              f"checkpoint's dim {model.config.dim}")
+        print(f"train.py: note: --init-from with dim {differ['dim']} instead of {model.config.dim}: "
+              "widened, the same function at first", file=sys.stderr)
+        model = widen(model, int(differ["dim"]), seed=cfg.seed)
     model.train()
     return model, lineage(init_from, meta)
 

@@ -320,4 +320,77 @@ def add_column_statistics(model: MIEstimator) -> MIEstimator:
     return _rebuilt(model, dataclasses.replace(model.config, use_col_stats=True), strict=False).train(model.training)
 
 
-__all__ = ["ModelConfig", "MIEstimator", "DEFAULT_LEVELS", "INPUT_SWITCHES", "add_cell_layers", "add_column_statistics", "add_row_layers", "switch_inputs"]
+def widen(model: MIEstimator, dim: int, seed: int = 0) -> MIEstimator:
+    """A wider model (hidden size `dim`, a multiple f of the old one) computing `model`'s function.
+
+    Function-preserving widening (Net2WiderNet, Chen et al. 2016): new hidden unit j copies
+    old unit j // f, so every vector of width dim (tokens, inducing points, seeds, layer
+    norms, feed-forward hidden units) holds each old value f times and every attention
+    head holds f copies of its old units (the heads keep their number; queries are scaled
+    by f ** -0.5, since a head's dot products now count each old term f times). A linear
+    layer that reads a widened vector splits each old weight among the copies in random
+    positive shares that sum to one (`seed`): the output is unchanged (up to float
+    rounding, tests/test_model.py), but the copies get different gradients and can grow
+    apart in training. Layer norms see the same mean and variance. Used by
+    ``train.py --init-from CKPT --model.dim D``: a trained network gets more capacity
+    without starting over (e.g. the 32-wide CPU checkpoint, continued at 64 on a GPU).
+    """
+    old = model.config.dim
+    if dim <= old or dim % old:
+        raise ValueError(f"widen: dim must be a multiple of the current {old} and larger, got {dim}")
+    f = dim // old
+    config = dataclasses.replace(model.config, dim=dim)
+    ref = next(model.parameters())
+    new = MIEstimator(config).to(device=ref.device, dtype=ref.dtype)
+    gen = torch.Generator().manual_seed(seed)
+    wide = torch.arange(dim) // f  # old unit of each new unit; head h's new units copy head h's old ones
+
+    def cat(*parts):
+        return torch.cat([torch.as_tensor(p, dtype=torch.long) for p in parts])
+
+    def ident(k):
+        return torch.arange(k)
+
+    def blocks(k):  # k stacked width-dim vectors (to_kv's [key, value], col_weights' K groups)
+        return cat(*(wide + i * old for i in range(k)))
+
+    s = stats_dim(config)
+    ffn = torch.arange(config.ffn_mult * dim) // f
+    maps = {  # Linear name suffix -> (map of its outputs, map of its inputs), into the old layer's indices
+        "value_embed.0": (wide, ident(1)), "value_embed.2": (wide, wide),
+        "col_embed.0": (wide, ident(COL_FEATURES)), "col_embed.2": (wide, wide),
+        "basis": (ident(config.basis), ident(1)), "col_weights": (blocks(config.basis), wide),
+        "row_embed.0": (wide, cat(blocks(3), ident(KNN_FEATURES) + 3 * old)), "row_embed.2": (wide, wide),
+        "head.0": (ident(config.head_hidden), cat(blocks(3), ident(s) + 3 * old)),
+        "head.2": (ident(config.head_hidden), ident(config.head_hidden)),
+        "head.4": (ident(len(config.quantile_levels)), ident(config.head_hidden)),
+        "to_q": (wide, wide), "to_kv": (blocks(2), wide), "out": (wide, wide),
+        "ffn.0": (ffn, wide), "ffn.2": (wide, ffn),
+    }
+    old_mods = dict(model.named_modules())
+    with torch.no_grad():
+        for name, mod in new.named_modules():
+            src = old_mods[name]
+            if isinstance(mod, nn.Linear):
+                key = next(k for k in maps if name == k or name.endswith("." + k))
+                rows, cols = maps[key]
+                share = torch.empty(mod.weight.shape).uniform_(0.5, 1.5, generator=gen).to(ref)
+                total = torch.zeros(rows.numel(), src.in_features, dtype=share.dtype).index_add_(1, cols, share)
+                share = share / total[:, cols]  # the copies of an old input split its weight
+                mod.weight.copy_(src.weight[rows][:, cols] * share)
+                mod.bias.copy_(src.bias[rows])
+                if key == "to_q":
+                    mod.weight.mul_(f ** -0.5)
+                    mod.bias.mul_(f ** -0.5)
+            elif isinstance(mod, nn.LayerNorm):
+                mod.weight.copy_(src.weight[wide])
+                mod.bias.copy_(src.bias[wide])
+        for name, p in new.named_parameters(recurse=True):
+            if name.endswith(("inducing", "seeds")):
+                p.copy_(model.get_parameter(name)[:, wide])
+            elif name.endswith("group_bias"):
+                p.copy_(model.get_parameter(name))
+    return new.train(model.training)
+
+
+__all__ = ["ModelConfig", "MIEstimator", "DEFAULT_LEVELS", "INPUT_SWITCHES", "add_cell_layers", "add_column_statistics", "add_row_layers", "switch_inputs", "widen"]

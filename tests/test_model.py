@@ -5,6 +5,7 @@ so every invariance below is exact by construction, not learned.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ from model.network import (
     add_column_statistics,
     add_row_layers,
     switch_inputs,
+    widen,
 )
 from model.preprocess import column_statistics, ksg_stats_slice, prepare_batch, set_statistics
 from model.quantiles import (
@@ -246,6 +248,30 @@ def test_turning_column_statistics_on_starts_from_the_same_function_and_then_lea
     assert prepare_batch(sets, new.config).cols.abs().sum() > 0   # real (non-zero) inputs, read by a zero last layer
     assert new.col_embed[-1].weight.grad.abs().sum() > 0
     assert add_column_statistics(new) is new
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_widening_starts_from_the_same_function_and_then_learns(factor):
+    old = _model(use_col_stats=True)  # cell layers, two row layers, column features: every kind of module
+    new = widen(old, factor * old.config.dim, seed=1)
+    assert new.config == dataclasses.replace(old.config, dim=factor * old.config.dim)
+    assert new.num_parameters() > 2 * old.num_parameters()
+    _same_function_then_backward(old, new)
+    # the copies of an old unit read different shares of it, so they get different gradients
+    w = new.row_layers[0].mab_out.ffn[0].weight  # (ffn_mult dim, dim): rows are hidden units
+    g = w.grad.reshape(-1, factor, w.shape[1])  # new hidden units factor*i .. factor*i + factor - 1 copy old unit i
+    assert (g[:, 0] - g[:, 1]).abs().max() > 1e-6
+    wt = w.detach().reshape(-1, factor, w.shape[1] // factor, factor).sum(dim=3)  # summed over each input's copies
+    torch.testing.assert_close(wt[:, 0], wt[:, 1])  # ... and start as the same function of the old units
+    assert (w.detach().reshape(-1, factor, w.shape[1])[:, 0] - w.detach().reshape(-1, factor, w.shape[1])[:, 1]).abs().max() > 1e-3
+    # other seeds split differently, same function; and the split is a real one (not all equal shares)
+    other = widen(old, factor * old.config.dim, seed=2)
+    assert not torch.equal(other.head[0].weight, new.head[0].weight)
+    sets = [_pair(60, 2, 3, seed=4)]
+    np.testing.assert_allclose(_run(other, sets), _run(old, sets), rtol=1e-12, atol=1e-12)
+    for bad in (old.config.dim, old.config.dim + 1, old.config.dim // 2):
+        with pytest.raises(ValueError, match="multiple of the current"):
+            widen(old, bad)
 
 
 def _column_statistics_reference(z: np.ndarray, dx: int) -> np.ndarray:

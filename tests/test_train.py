@@ -5,6 +5,8 @@ with metagen.generate in a temporary directory and a tiny model.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import os
@@ -450,7 +452,7 @@ def test_end_to_end_loss_falls_and_checkpoint_loads(stores, tmp_path):
     # --init-from: continue from those weights (the checkpoint's model config wins over --model.*)
     again = tmp_path / "again"
     assert train_here(again, stores, "--init-from", str(out / "best.safetensors"), "--steps", "2",
-                      "--eval_every", "2", "--model.dim", "64") == 0
+                      "--eval_every", "2", "--model.inducing", str(best.config.inducing + 2)) == 0
     cont, cont_meta = load_checkpoint(again / "last.safetensors")
     assert cont.config == best.config
     assert not all(torch.equal(a, b) for a, b in zip(best.state_dict().values(), cont.state_dict().values()))
@@ -469,6 +471,14 @@ def test_end_to_end_loss_falls_and_checkpoint_loads(stores, tmp_path):
     assert not third_model.config.use_knn and third_model.config.dim == best.config.dim
     assert third_model.config.row_layers == best.config.row_layers + 1
     assert third_model.config.cell_layers == best.config.cell_layers + 1
+    # ... and widen it (a multiple of its dim: model.network.widen); any other dim is an error
+    wide = tmp_path / "wide"
+    assert train_here(wide, stores, "--init-from", str(out / "best.safetensors"), "--steps", "1",
+                      "--eval_every", "1", "--model.dim", str(2 * best.config.dim)) == 0
+    wide_model, _ = load_checkpoint(wide / "last.safetensors")
+    assert wide_model.config == dataclasses.replace(best.config, dim=2 * best.config.dim)
+    assert train_here(tmp_path / "odd", stores, "--init-from", str(out / "best.safetensors"), "--steps", "1",
+                      "--model.dim", str(best.config.dim + 2)) == 2
 
 
 def test_ship_checkpoint_calibrates_and_switches_knn_rows(stores, tmp_path):
