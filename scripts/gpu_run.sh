@@ -16,7 +16,8 @@
 # from the measured loader rate. Wheels in .whl/ are installed first when normflows or
 # zarr is missing (the GPU image lacks both). Settings (environment): TRAIN_SECONDS (360), WORKERS (CPUs - 1), BATCH (64),
 # LR (2e-4), INIT (data/default.safetensors; INIT= for a network from scratch, e.g.
-# INIT= LR=1e-3 TRAIN_ARGS="--model.dim 64"), STREAM_CONFIG, PY (python3), SKIP_BENCH (1: skip step 2),
+# INIT= LR=1e-3 TRAIN_ARGS="--model.dim 64"; with INIT set, TRAIN_ARGS="--model.dim 64" widens
+# its weights first, same function, model.network.widen), STREAM_CONFIG, PY (python3), SKIP_BENCH (1: skip step 2),
 # STEPS (set: skip step 3 and train this many steps), STREAM_POOL (the config's), TRAIN_ARGS
 # (more train.py options); for a dry run on a CPU:
 #   OUT=/tmp/o DEVICE=cpu TRAIN_SECONDS=30 WORKERS=1 BENCH_BATCH=8 BENCH_STEPS=1 bash scripts/gpu_run.sh
