@@ -299,12 +299,13 @@ def build_model(cfg: TrainConfig, init_from: str | None):
               "(their embedding starts at zero)", file=sys.stderr)
         model = add_column_statistics(model)
     if wider:
-        if differ["dim"] % model.config.dim:
-            raise ConfigError(f"--model.dim {differ['dim']} with --init-from: must be a multiple of the "
-                              f"checkpoint's dim {model.config.dim}")
-        print(f"train.py: note: --init-from with dim {differ['dim']} instead of {model.config.dim}: "
+        narrow = model.config.dim
+        try:
+            model = widen(model, int(differ["dim"]), seed=cfg.seed)
+        except ValueError as exc:  # not a multiple of the checkpoint's dim
+            raise ConfigError(f"--model.dim with --init-from: {exc}") from None
+        print(f"train.py: note: --init-from with dim {differ['dim']} instead of {narrow}: "
               "widened, the same function at first", file=sys.stderr)
-        model = widen(model, int(differ["dim"]), seed=cfg.seed)
     model.train()
     return model, lineage(init_from, meta)
 

@@ -345,25 +345,19 @@ def widen(model: MIEstimator, dim: int, seed: int = 0) -> MIEstimator:
     gen = torch.Generator().manual_seed(seed)
     wide = torch.arange(dim) // f  # old unit of each new unit; head h's new units copy head h's old ones
 
-    def cat(*parts):
-        return torch.cat([torch.as_tensor(p, dtype=torch.long) for p in parts])
-
-    def ident(k):
-        return torch.arange(k)
-
     def blocks(k):  # k stacked width-dim vectors (to_kv's [key, value], col_weights' K groups)
-        return cat(*(wide + i * old for i in range(k)))
+        return torch.cat([wide + i * old for i in range(k)])
 
     s = stats_dim(config)
     ffn = torch.arange(config.ffn_mult * dim) // f
     maps = {  # Linear name suffix -> (map of its outputs, map of its inputs), into the old layer's indices
-        "value_embed.0": (wide, ident(1)), "value_embed.2": (wide, wide),
-        "col_embed.0": (wide, ident(COL_FEATURES)), "col_embed.2": (wide, wide),
-        "basis": (ident(config.basis), ident(1)), "col_weights": (blocks(config.basis), wide),
-        "row_embed.0": (wide, cat(blocks(3), ident(KNN_FEATURES) + 3 * old)), "row_embed.2": (wide, wide),
-        "head.0": (ident(config.head_hidden), cat(blocks(3), ident(s) + 3 * old)),
-        "head.2": (ident(config.head_hidden), ident(config.head_hidden)),
-        "head.4": (ident(len(config.quantile_levels)), ident(config.head_hidden)),
+        "value_embed.0": (wide, torch.arange(1)), "value_embed.2": (wide, wide),
+        "col_embed.0": (wide, torch.arange(COL_FEATURES)), "col_embed.2": (wide, wide),
+        "basis": (torch.arange(config.basis), torch.arange(1)), "col_weights": (blocks(config.basis), wide),
+        "row_embed.0": (wide, torch.cat([blocks(3), torch.arange(KNN_FEATURES) + 3 * old])), "row_embed.2": (wide, wide),
+        "head.0": (torch.arange(config.head_hidden), torch.cat([blocks(3), torch.arange(s) + 3 * old])),
+        "head.2": (torch.arange(config.head_hidden), torch.arange(config.head_hidden)),
+        "head.4": (torch.arange(len(config.quantile_levels)), torch.arange(config.head_hidden)),
         "to_q": (wide, wide), "to_kv": (blocks(2), wide), "out": (wide, wide),
         "ffn.0": (ffn, wide), "ffn.2": (wide, ffn),
     }
@@ -375,7 +369,7 @@ def widen(model: MIEstimator, dim: int, seed: int = 0) -> MIEstimator:
                 key = next(k for k in maps if name == k or name.endswith("." + k))
                 rows, cols = maps[key]
                 share = torch.empty(mod.weight.shape).uniform_(0.5, 1.5, generator=gen).to(ref)
-                total = torch.zeros(rows.numel(), src.in_features, dtype=share.dtype).index_add_(1, cols, share)
+                total = share.new_zeros(rows.numel(), src.in_features).index_add_(1, cols.to(share.device), share)
                 share = share / total[:, cols]  # the copies of an old input split its weight
                 mod.weight.copy_(src.weight[rows][:, cols] * share)
                 mod.bias.copy_(src.bias[rows])

@@ -261,9 +261,10 @@ def test_widening_starts_from_the_same_function_and_then_learns(factor):
     w = new.row_layers[0].mab_out.ffn[0].weight  # (ffn_mult dim, dim): rows are hidden units
     g = w.grad.reshape(-1, factor, w.shape[1])  # new hidden units factor*i .. factor*i + factor - 1 copy old unit i
     assert (g[:, 0] - g[:, 1]).abs().max() > 1e-6
-    wt = w.detach().reshape(-1, factor, w.shape[1] // factor, factor).sum(dim=3)  # summed over each input's copies
+    copies = w.detach().reshape(-1, factor, w.shape[1])
+    wt = copies.reshape(-1, factor, w.shape[1] // factor, factor).sum(dim=3)  # summed over each input's copies
     torch.testing.assert_close(wt[:, 0], wt[:, 1])  # ... and start as the same function of the old units
-    assert (w.detach().reshape(-1, factor, w.shape[1])[:, 0] - w.detach().reshape(-1, factor, w.shape[1])[:, 1]).abs().max() > 1e-3
+    assert (copies[:, 0] - copies[:, 1]).abs().max() > 1e-3
     # other seeds split differently, same function; and the split is a real one (not all equal shares)
     other = widen(old, factor * old.config.dim, seed=2)
     assert not torch.equal(other.head[0].weight, new.head[0].weight)

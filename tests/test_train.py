@@ -6,7 +6,6 @@ with metagen.generate in a temporary directory and a tiny model.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 import os
