@@ -17,7 +17,8 @@ per scheme and store, the MAE of the median, the 50% and 90% coverage (also per 
 stores with at most five distinct n; for 90% also the share of sets below and above
 it), the mean 90% width in nats and the selection rule's distance outside the bands
 (``scripts/select_checkpoint.outside_bands``, within one standard error counts as
-inside), schemes ordered by it. Validation stores only: test stores report the shipped
+inside), schemes ordered by it; and per store the MAE per family and the bias (median -
+truth) per true-MI bin. Validation stores only: test stores report the shipped
 checkpoint and must not choose its calibration.
 """
 from __future__ import annotations
@@ -32,7 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.metrics import interval_scores, quantile_at  # noqa: E402
+from eval.metrics import interval_scores, mi_bin, quantile_at  # noqa: E402
+from metagen.store import open_store  # noqa: E402
 from model.checkpoint import load_checkpoint  # noqa: E402
 from model.quantiles import apply_calibration, fit_calibration_by_n  # noqa: E402
 from scripts.ship_checkpoint import _int_list, uncalibrated_predictions  # noqa: E402
@@ -64,6 +66,23 @@ def coverage(levels: np.ndarray, grid: np.ndarray, t: np.ndarray) -> dict[str, f
             "above95": float(np.mean(mi > quantile_at(levels, q, 0.95)))}
 
 
+def breakdown(levels: np.ndarray, grid: np.ndarray, t: np.ndarray, families: np.ndarray) -> dict[str, dict]:
+    """MAE of the median per family and mean bias (median - truth) per true-MI bin, nats, with set counts,
+    of calibrated grids (N, Q) against t = log1p(MI) (N,); `families` (N,) names each set's family."""
+    mi = np.expm1(t)
+    err = quantile_at(levels, np.expm1(grid), 0.5) - mi
+    bins = np.array([mi_bin(float(v)) for v in mi])
+    return {"per_family": {f: {"sets": int((families == f).sum()), "mae": float(np.abs(err[families == f]).mean())}
+                           for f in sorted(set(families))},
+            "bias_by_mi": {b: {"sets": int((bins == b).sum()), "bias": float(err[bins == b].mean())}
+                           for b in dict.fromkeys(bins[np.argsort(mi, kind="stable")])}}
+
+
+def _family_names(store_path: str) -> np.ndarray:
+    store = open_store(store_path)
+    return np.array([store.family_names[int(c)] for c in store.family])
+
+
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
@@ -86,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     cal = [raw_grid(Path(args.checkpoint), s, work) for s in args.calib_store]
     cal = {k: np.concatenate([c[k] for c in cal]) for k in cal[0]}
     vals = {Path(s).name: raw_grid(Path(args.checkpoint), s, work) for s in args.val}
+    families = {Path(s).name: _family_names(s) for s in args.val}
     results = []
     for edges in args.n_edges or [[300, 1000]]:
         for lam in args.central_robust:
@@ -103,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                     ns = np.unique(v["n"])
                     if len(ns) <= 5:
                         s["per_n"] = {str(k): coverage(levels, g[v["n"] == k], v["t"][v["n"] == k]) for k in ns}
+                    s.update(breakdown(levels, g, v["t"], families[name]))
                     row["stores"][name] = s
                 row["outside"] = sum(s["outside"] for s in row["stores"].values())
                 results.append(row)
@@ -114,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             per = "".join(f"  n={k}: {c['50']:.3f}/{c['90']:.3f} w{c['width90']:.2f}" for k, c in s.get("per_n", {}).items())
             print(f"  {name:14s} MAE {s['mae']:.3f} cov50 {s['50']:.3f} cov90 {s['90']:.3f} "
                   f"(below {s['below05']:.3f}, above {s['above95']:.3f}) width90 {s['width90']:.2f}{per}")
+            print("    MAE per family: " + ", ".join(f"{f} {c['mae']:.2f} ({c['sets']})" for f, c in s["per_family"].items()))
+            print("    bias per true-MI bin: " + ", ".join(f"{b} {c['bias']:+.2f} ({c['sets']})"
+                                                        for b, c in s["bias_by_mi"].items()))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     return 0

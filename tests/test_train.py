@@ -603,6 +603,20 @@ def test_ship_checkpoint_fits_offsets_per_n_range_on_pooled_stores(stores, tmp_p
         inside, width = interval_scores(levels, q[val], mi[val], cov)
         assert abs(mine[str(int(cov * 100))] - inside) < 1e-9
     assert abs(mine["width90"] - width) < 1e-3 * max(1.0, width)  # float32 network outputs, batched differently
+    # its per-family MAE and per-MI-bin bias are those of infer's medians (to 0.01 nats: float32
+    # outputs batched differently, and offsets stored in the checkpoint)
+    from eval.metrics import mi_bin
+    from metagen.store import open_store
+    vs = open_store(stores["val"])
+    fam = np.array([vs.family_names[int(c)] for c in vs.family])
+    err = q[val, list(levels).index(0.5)] - mi[val]
+    assert sum(c["sets"] for c in mine["per_family"].values()) == len(val)
+    for f, c in mine["per_family"].items():
+        assert abs(c["mae"] - np.abs(err[fam == f]).mean()) < 0.01, f
+    bins = np.array([mi_bin(float(v)) for v in mi[val]])
+    assert set(mine["bias_by_mi"]) == set(bins)
+    for b, c in mine["bias_by_mi"].items():
+        assert c["sets"] == (bins == b).sum() and abs(c["bias"] - err[bins == b].mean()) < 0.01, b
     for bad, msg in ((["--calib-upper-tail", "0.7"], "needs --calib-n-edges"),
                      (["--calib-n-edges", str(edge), "--calib-upper-tail", "0"], "must lie in (0, 1]"),
                      (["--calib-central-robust", "2"], "must lie in [0, 1]")):
