@@ -133,6 +133,27 @@ def test_ood_config_draws_only_held_out_pairs():
         assert any(pair_matches(p, t.family, t.transform) for p in ood.only), (t.family, t.transform)
 
 
+def test_diagnostic_configs_hold_what_they_say():
+    """diag_all_pairs.toml is train_geometry.toml with the held-out pairs allowed; diag_heldout_pairs.toml
+    draws only them (both are for measuring the shift, never for a shipped model: named diag_*, not train*)."""
+    ood = load_config(CONFIGS / "test_ood.toml")
+    base = config_to_dict(load_config(CONFIGS / "train_geometry.toml"))
+    every = config_to_dict(load_config(CONFIGS / "diag_all_pairs.toml"))
+    assert every["exclude"] == [] and every["only"] == []
+    assert {k: v for k, v in every.items() if k not in ("name", "seed", "num_sets", "exclude")} == \
+        {k: v for k, v in base.items() if k not in ("name", "seed", "num_sets", "exclude")}
+    held = load_config(CONFIGS / "diag_heldout_pairs.toml")
+    assert set(held.only) == set(ood.only) and not held.exclude
+    assert all(any(pair_matches(p, f, t) for p in ood.only) for f, t in allowed_pairs(held))
+    raw = config_to_dict(held)
+    raw["families"].pop("mixture")                 # Monte Carlo MI: slower, covered elsewhere
+    raw["dims"], raw["n"] = {"min": 1, "max": 8}, {"min": 10, "max": 60}
+    cfg = config_from_dict(raw)
+    for i in range(40):
+        t = draw_task(cfg, 11, i)
+        assert any(pair_matches(p, t.family, t.transform) for p in ood.only), (t.family, t.transform)
+
+
 def test_independent_fraction_is_honoured():
     cfg = config_from_dict(_raw(mi={"independent_fraction": 0.3, "uniform_max": 8.0}))
     tasks = [draw_task(cfg, 2, i) for i in range(300)]
