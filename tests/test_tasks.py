@@ -122,15 +122,20 @@ def test_train_config_never_draws_held_out_pairs(name):
     assert {"student_t", "gaussian_sparse", "bimodal"} <= seen
 
 
-def test_ood_config_draws_only_held_out_pairs():
-    ood = load_config(CONFIGS / "test_ood.toml")
-    raw = config_to_dict(ood)
+def _assert_draws_only(config, pairs, seed: int) -> None:
+    """40 small draws of `config` (without the slow Monte Carlo mixture family) all match one of `pairs`."""
+    raw = config_to_dict(config)
     raw["families"].pop("mixture")                 # Monte Carlo MI: slower, covered elsewhere
     raw["dims"], raw["n"] = {"min": 1, "max": 8}, {"min": 10, "max": 60}
     cfg = config_from_dict(raw)
     for i in range(40):
-        t = draw_task(cfg, 9, i)
-        assert any(pair_matches(p, t.family, t.transform) for p in ood.only), (t.family, t.transform)
+        t = draw_task(cfg, seed, i)
+        assert any(pair_matches(p, t.family, t.transform) for p in pairs), (t.family, t.transform)
+
+
+def test_ood_config_draws_only_held_out_pairs():
+    ood = load_config(CONFIGS / "test_ood.toml")
+    _assert_draws_only(ood, ood.only, seed=9)
 
 
 def test_diagnostic_configs_hold_what_they_say():
@@ -145,13 +150,7 @@ def test_diagnostic_configs_hold_what_they_say():
     held = load_config(CONFIGS / "diag_heldout_pairs.toml")
     assert set(held.only) == set(ood.only) and not held.exclude
     assert all(any(pair_matches(p, f, t) for p in ood.only) for f, t in allowed_pairs(held))
-    raw = config_to_dict(held)
-    raw["families"].pop("mixture")                 # Monte Carlo MI: slower, covered elsewhere
-    raw["dims"], raw["n"] = {"min": 1, "max": 8}, {"min": 10, "max": 60}
-    cfg = config_from_dict(raw)
-    for i in range(40):
-        t = draw_task(cfg, 11, i)
-        assert any(pair_matches(p, t.family, t.transform) for p in ood.only), (t.family, t.transform)
+    _assert_draws_only(held, ood.only, seed=11)
 
 
 def test_independent_fraction_is_honoured():
