@@ -66,21 +66,24 @@ def coverage(levels: np.ndarray, grid: np.ndarray, t: np.ndarray) -> dict[str, f
             "above95": float(np.mean(mi > quantile_at(levels, q, 0.95)))}
 
 
-def breakdown(levels: np.ndarray, grid: np.ndarray, t: np.ndarray, families: np.ndarray) -> dict[str, dict]:
+def breakdown(levels: np.ndarray, grid: np.ndarray, t: np.ndarray, families: np.ndarray,
+              bins: np.ndarray) -> dict[str, dict]:
     """MAE of the median per family and mean bias (median - truth) per true-MI bin, nats, with set counts,
-    of calibrated grids (N, Q) against t = log1p(MI) (N,); `families` (N,) names each set's family."""
-    mi = np.expm1(t)
-    err = quantile_at(levels, np.expm1(grid), 0.5) - mi
-    bins = np.array([mi_bin(float(v)) for v in mi])
+    of calibrated grids (N, Q) against t = log1p(MI) (N,); `families` and `bins` (N,) label each set
+    (`set_labels`)."""
+    err = quantile_at(levels, np.expm1(grid), 0.5) - np.expm1(t)
     return {"per_family": {f: {"sets": int((families == f).sum()), "mae": float(np.abs(err[families == f]).mean())}
                            for f in sorted(set(families))},
             "bias_by_mi": {b: {"sets": int((bins == b).sum()), "bias": float(err[bins == b].mean())}
-                           for b in dict.fromkeys(bins[np.argsort(mi, kind="stable")])}}
+                           for b in dict.fromkeys(bins[np.argsort(t, kind="stable")])}}
 
 
-def _family_names(store_path: str) -> np.ndarray:
+def set_labels(store_path: str, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each set's family name and true-MI bin label (`eval.metrics.mi_bin`), (N,) each, of a store whose
+    truth is t = log1p(MI) (N,) in store order: computed once per store, shared by every scheme."""
     store = open_store(store_path)
-    return np.array([store.family_names[int(c)] for c in store.family])
+    return (np.array([store.family_names[int(c)] for c in store.family]),
+            np.array([mi_bin(float(v)) for v in np.expm1(t)]))
 
 
 def _floats(text: str) -> list[float]:
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     cal = [raw_grid(Path(args.checkpoint), s, work) for s in args.calib_store]
     cal = {k: np.concatenate([c[k] for c in cal]) for k in cal[0]}
     vals = {Path(s).name: raw_grid(Path(args.checkpoint), s, work) for s in args.val}
-    families = {Path(s).name: _family_names(s) for s in args.val}
+    labels = {Path(s).name: set_labels(s, vals[Path(s).name]["t"]) for s in args.val}
     results = []
     for edges in args.n_edges or [[300, 1000]]:
         for lam in args.central_robust:
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                     ns = np.unique(v["n"])
                     if len(ns) <= 5:
                         s["per_n"] = {str(k): coverage(levels, g[v["n"] == k], v["t"][v["n"] == k]) for k in ns}
-                    s.update(breakdown(levels, g, v["t"], families[name]))
+                    s.update(breakdown(levels, g, v["t"], *labels[name]))
                     row["stores"][name] = s
                 row["outside"] = sum(s["outside"] for s in row["stores"].values())
                 results.append(row)
