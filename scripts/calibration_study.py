@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.metrics import interval_scores, mi_bin, quantile_at  # noqa: E402
+from eval.metrics import interval_scores, mi_bin, point_errors, quantile_at  # noqa: E402
 from metagen.store import open_store  # noqa: E402
 from model.checkpoint import load_checkpoint  # noqa: E402
 from model.quantiles import apply_calibration, fit_calibration_by_n  # noqa: E402
@@ -71,10 +71,11 @@ def breakdown(levels: np.ndarray, grid: np.ndarray, t: np.ndarray, families: np.
     """MAE of the median per family and mean bias (median - truth) per true-MI bin, nats, with set counts,
     of calibrated grids (N, Q) against t = log1p(MI) (N,); `families` and `bins` (N,) label each set
     (`set_labels`)."""
-    err = quantile_at(levels, np.expm1(grid), 0.5) - np.expm1(t)
-    return {"per_family": {f: {"sets": int((families == f).sum()), "mae": float(np.abs(err[families == f]).mean())}
+    point, mi = quantile_at(levels, np.expm1(grid), 0.5), np.expm1(t)
+    return {"per_family": {f: {"sets": int((families == f).sum()),
+                               "mae": point_errors(point[families == f], mi[families == f])["mae"]}
                            for f in sorted(set(families))},
-            "bias_by_mi": {b: {"sets": int((bins == b).sum()), "bias": float(err[bins == b].mean())}
+            "bias_by_mi": {b: {"sets": int((bins == b).sum()), "bias": point_errors(point[bins == b], mi[bins == b])["bias"]}
                            for b in dict.fromkeys(bins[np.argsort(t, kind="stable")])}}
 
 
