@@ -245,6 +245,21 @@ def evaluate(model, splits: dict, levels: np.ndarray, device, autocast) -> tuple
     return metrics, offsets
 
 
+def freeze_except(model: torch.nn.Module, train_only: str) -> None:
+    """Freeze every parameter whose name starts with none of the comma-separated prefixes in
+    `train_only` ("" trains all). E.g. "head." refits the head on new set statistics quickly at a
+    high learning rate, the trunk unchanged. ConfigError when a prefix matches no parameter."""
+    prefixes = tuple(p.strip() for p in train_only.split(",") if p.strip())
+    if not prefixes:
+        return
+    names = [name for name, _ in model.named_parameters()]
+    unused = [p for p in prefixes if not any(name.startswith(p) for name in names)]
+    if unused:
+        raise ConfigError(f"train_only: no model parameter starts with {unused} (e.g. {names[0]!r}, {names[-1]!r})")
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(prefixes))
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: decay matrices (ndim >= 2), not biases, norms or embeddings vectors."""
     decay, no_decay = [], []
@@ -262,10 +277,11 @@ def build_model(cfg: TrainConfig, init_from: str | None):
     ``row_layers``: the new layers start as the identity, model.network.add_row_layers) and
     cell layers (a larger ``cell_layers``, likewise, model.network.add_cell_layers), and turn
     on the per-column dependence features (``use_col_stats``: their embedding starts at zero,
-    model.network.add_column_statistics), and widen it (a larger ``dim``, a multiple of the
+    model.network.add_column_statistics) and the nonlinear-dependence statistics (``use_nonlinear_stats``:
+    the head reads them with zero weights at first, model.network.add_nonlinear_statistics), and widen it (a larger ``dim``, a multiple of the
     checkpoint's: the same function at first, model.network.widen); other fields are ignored."""
     from model.network import (INPUT_SWITCHES, MIEstimator, add_cell_layers, add_column_statistics, add_row_layers,
-                               switch_inputs, widen)
+                               add_nonlinear_statistics, switch_inputs, widen)
 
     if init_from is None:
         return MIEstimator(cfg.model_config()), None
@@ -277,9 +293,10 @@ def build_model(cfg: TrainConfig, init_from: str | None):
     deeper = differ.get("row_layers", 0) > model.config.row_layers
     more_cells = differ.get("cell_layers", 0) > model.config.cell_layers
     col_stats = bool(differ.get("use_col_stats", False))
+    nonlinear = bool(differ.get("use_nonlinear_stats", False))
     wider = differ.get("dim", 0) > model.config.dim
     grown = {k for k, more in (("row_layers", deeper), ("cell_layers", more_cells), ("use_col_stats", col_stats),
-                               ("dim", wider)) if more}
+                               ("use_nonlinear_stats", nonlinear), ("strata", nonlinear), ("dim", wider)) if more}
     ignored = {k: v for k, v in differ.items() if k not in INPUT_SWITCHES and k not in grown}
     if ignored:
         print(f"train.py: note: --init-from keeps the checkpoint's architecture; ignoring {ignored}", file=sys.stderr)
@@ -298,6 +315,10 @@ def build_model(cfg: TrainConfig, init_from: str | None):
         print("train.py: note: --init-from with the per-column dependence features turned on "
               "(their embedding starts at zero)", file=sys.stderr)
         model = add_column_statistics(model)
+    if nonlinear:
+        print("train.py: note: --init-from with the nonlinear-dependence statistics turned on "
+              "(the head reads them with zero weights at first)", file=sys.stderr)
+        model = add_nonlinear_statistics(model, int(cfg.model.get("strata", model.config.strata)))
     if wider:
         narrow = model.config.dim
         try:
@@ -335,6 +356,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
 
     torch.manual_seed(cfg.seed)
     model, init_lineage = build_model(cfg, args.init_from)
+    freeze_except(model, cfg.train_only)
     model_cfg = model.config
     levels = np.asarray(model_cfg.quantile_levels, dtype=np.float64)
     levels_t = torch.as_tensor(levels, dtype=torch.float32, device=accelerator.device)

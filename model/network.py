@@ -28,7 +28,8 @@ Architecture (invariances hold exactly, by construction):
    per-cell cost is K scalars, not a dim-wide token), likewise py; they are combined
    only through symmetric functions (px + py, px * py, |px - py|) with the row's kNN
    features -> one token per row; ISAB layers over rows (linear in n); PMA pooling.
-4. Head: [pooled vector, symmetric column-context summary, set statistics] -> MLP ->
+4. Head: [pooled vector, symmetric column-context summary, set statistics (with
+   ``use_nonlinear_stats`` also nonlinear-dependence statistics)] -> MLP ->
    first quantile softplus, each next = previous + softplus (non-crossing, >= 0).
 
 Padded rows and columns never change any output (attention masks, masked means).
@@ -69,6 +70,8 @@ class ModelConfig:
     knn_rows: int = 256  # kNN reference rows (every row is a query against them)
     knn_quantize: bool = False  # kNN distances on scores rounded to 1/4096, in int16: ~2x faster (False: exact float32)
     use_col_stats: bool = False  # per-column dependence features in the column context (False: older checkpoints)
+    use_nonlinear_stats: bool = False  # nonlinear-dependence set statistics for the head (False: older checkpoints)
+    strata: int = 8  # at most this many strata of the row norms in them (fewer when n < 2 strata (dx + dy))
     quantile_levels: tuple[float, ...] = field(default=DEFAULT_LEVELS)  # fixed output grid, increasing in (0, 1)
 
     def __post_init__(self) -> None:
@@ -83,6 +86,8 @@ class ModelConfig:
         for name in ("dim", "heads", "ffn_mult", "cell_rows", "inducing", "basis", "head_hidden", "knn_k", "knn_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.strata < 2:
+            raise ValueError(f"strata must be >= 2, got {self.strata}")
         if self.cell_rows < 2 or self.knn_rows < 2:
             raise ValueError("cell_rows and knn_rows must be >= 2")
         for name in ("cell_layers", "row_layers", "cca_top"):
@@ -320,6 +325,26 @@ def add_column_statistics(model: MIEstimator) -> MIEstimator:
     return _rebuilt(model, dataclasses.replace(model.config, use_col_stats=True), strict=False).train(model.training)
 
 
+def add_nonlinear_statistics(model: MIEstimator, strata: int | None = None) -> MIEstimator:
+    """`model` with the nonlinear-dependence set statistics (``use_nonlinear_stats``) on, same function.
+
+    The statistics are appended to the head's input (`model.preprocess.nonlinear_statistics`);
+    the head's first layer gets zero weights for them, so every output is unchanged until
+    training learns to read them. `strata`: at most this many strata (default: the config's).
+    """
+    if model.config.use_nonlinear_stats:
+        return model
+    config = dataclasses.replace(model.config, use_nonlinear_stats=True, strata=strata or model.config.strata)
+    ref = next(model.parameters())
+    new = MIEstimator(config).to(device=ref.device, dtype=ref.dtype)
+    state = model.state_dict()
+    w = state["head.0.weight"]  # (head_hidden, 3 dim + S_old): the new statistics are the last columns
+    extra = stats_dim(config) - stats_dim(model.config)
+    state["head.0.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra)], dim=1)
+    new.load_state_dict(state, strict=True)
+    return new.train(model.training)
+
+
 def widen(model: MIEstimator, dim: int, seed: int = 0) -> MIEstimator:
     """A wider model (hidden size `dim`, a multiple f of the old one) computing `model`'s function.
 
@@ -387,4 +412,5 @@ def widen(model: MIEstimator, dim: int, seed: int = 0) -> MIEstimator:
     return new.train(model.training)
 
 
-__all__ = ["ModelConfig", "MIEstimator", "DEFAULT_LEVELS", "INPUT_SWITCHES", "add_cell_layers", "add_column_statistics", "add_row_layers", "switch_inputs", "widen"]
+__all__ = ["ModelConfig", "MIEstimator", "DEFAULT_LEVELS", "INPUT_SWITCHES", "add_cell_layers", "add_column_statistics",
+           "add_row_layers", "add_nonlinear_statistics", "switch_inputs", "widen"]

@@ -13,7 +13,9 @@ gradients:
   block, linearly and through its magnitude; `column_statistics`), when
   ``config.use_col_stats``;
 - swap-symmetric set statistics for the head (Gaussian-copula MI from the canonical
-  correlations, top canonical pairs, mean KSG estimate, log n, dimension features).
+  correlations, top canonical pairs, mean KSG estimate, log n, dimension features;
+  with ``config.use_nonlinear_stats`` also statistics of nonlinear dependence,
+  `nonlinear_statistics`).
 
 Layout of a padded batch: columns ``[0, DX)`` hold x (``dx_i`` valid), columns
 ``[DX, DX + DY)`` hold y (``dy_i`` valid), where DX, DY are the batch maxima. The
@@ -45,6 +47,13 @@ KNN_FEATURES = 4
 
 COL_FEATURES = 8
 """Per-column dependence features (see `column_statistics`)."""
+
+NONLINEAR_FEATURES = 12
+"""Set statistics of nonlinear dependence appended to the set statistics when
+``config.use_nonlinear_stats`` (see `nonlinear_statistics`)."""
+
+NONLINEAR_KNN_ROWS = 256
+"""Reference rows of the KSG statistics inside `nonlinear_statistics` (at most)."""
 
 SUBSET_SEED = 20240917
 """Fixed seed of the deterministic (inference) row subsets."""
@@ -91,7 +100,7 @@ class Batch:
 
 def stats_dim(config: "ModelConfig") -> int:
     """Length S of the set-statistics vector for `config`."""
-    return 1 + config.cca_top + 2 + 5
+    return 1 + config.cca_top + 2 + 5 + (NONLINEAR_FEATURES if config.use_nonlinear_stats else 0)
 
 
 def ksg_stats_slice(config: "ModelConfig") -> slice:
@@ -571,6 +580,164 @@ def column_statistics(z: np.ndarray, dx: int) -> np.ndarray:
     return out
 
 
+def _strata(key: np.ndarray, strata: int) -> np.ndarray:
+    """Stratum (0 .. strata - 1) of every row by the rank of `key` (n,), rounded to 1e-8.
+
+    Rows whose rounded keys tie share the stratum of the first of them, so the strata are
+    the same sets of rows whatever the row order (exact permutation invariance)."""
+    key = np.round(key, 8)
+    first = np.searchsorted(np.sort(key), key, side="left")  # rank of each row's tie group
+    return first * strata // key.size
+
+
+def _pair_mis(zx: np.ndarray, zy: np.ndarray) -> np.ndarray:
+    """Gaussian MI of each canonical pair, -1/2 log(1 - r_k^2) (nats), of zx (n, dx) and zy (n, dy)."""
+    return -0.5 * np.log1p(-canonical_correlations(zx, zy) ** 2)
+
+
+def stratified_statistics(z: np.ndarray, dx: int, strata: int) -> np.ndarray:
+    """Radius-stratified Gaussian-copula MI (5,) of copula scores z (n, D) (x block first).
+
+    Rows are split into S = min(`strata`, n // (2 D)) strata by the norm |z_x| of their
+    x part, and separately by |z_y|; within each stratum the canonical correlations r_k
+    give the Gaussian MI sum_k -1/2 log(1 - r_k^2) (nats) and its largest pair term,
+    averaged over the strata. Why: a rotation whose angle depends on the radius (the
+    spiral), or a scale shared by all coordinates (Student-t and other elliptical laws),
+    hides a linear dependence from the global canonical correlations; within a thin
+    shell of the radius it is nearly linear again. Returns, symmetric in x and y,
+
+        [log1p(max(G_x, G_y)), log1p(min(G_x, G_y)), log1p(max(T_x, T_y)),
+         log(n / (S D)) / 5, 1]
+
+    (G: the stratified MI, T: its top pair term, by x-norm and y-norm strata), or zeros
+    when S < 2 (too few rows per stratum for canonical correlations). The strata use tie-aware
+    ranks (`_strata`), so the features do not depend on the order of rows or of the
+    coordinates within a block.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    n, d = z.shape
+    s = min(int(strata), n // (2 * d)) if 0 < dx < d else 0
+    out = np.zeros(5)
+    if s < 2:
+        return out
+    g, t = [], []
+    for block in (z[:, :dx], z[:, dx:]):
+        which = _strata(np.sqrt((block * block).sum(axis=1)), s)
+        gs, ts = [], []
+        for k in range(s):
+            rows = z[which == k]
+            if rows.shape[0] < 3:
+                continue
+            pair = _pair_mis(rows[:, :dx], rows[:, dx:])
+            gs.append(pair.sum())
+            ts.append(pair.max() if pair.size else 0.0)
+        g.append(float(np.mean(gs)) if gs else 0.0)
+        t.append(float(np.mean(ts)) if ts else 0.0)
+    out[:] = [np.log1p(max(g)), np.log1p(min(g)), np.log1p(max(t)), np.log(n / (s * d)) / 5, 1.0]
+    return out
+
+
+def hermite_statistics(z: np.ndarray, dx: int) -> np.ndarray:
+    """Canonical correlations of second-order Hermite features (3,) of copula scores z (n, D).
+
+    Each block is expanded to [z, z^2 - 1] (its coordinates and their squares, the first two
+    Hermite polynomials), so the canonical correlations also see dependence of magnitude and
+    U-shaped relations that no linear combination shows. Returns
+    [log1p(sum_k I_k), log1p(max_k I_k), log1p(sum_k I'_k)] with I_k = -1/2 log(1 - r_k^2)
+    of the expanded blocks and I'_k of the squares alone (nats), or zeros when n < 4 D + 4.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    n, d = z.shape
+    out = np.zeros(3)
+    if n < 4 * d + 4 or not 0 < dx < d:
+        return out
+    sq = z * z - 1.0
+    both = _pair_mis(np.concatenate([z[:, :dx], sq[:, :dx]], axis=1), np.concatenate([z[:, dx:], sq[:, dx:]], axis=1))
+    squares = _pair_mis(sq[:, :dx], sq[:, dx:])
+    out[:] = [np.log1p(both.sum()), np.log1p(both.max()), np.log1p(squares.sum())]
+    return out
+
+
+def norm_statistics(z: np.ndarray, dx: int, ref: np.ndarray, k: int) -> np.ndarray:
+    """Dependence of the two blocks' row norms (2,): [KSG MI of (|z_x|, |z_y|), Gaussian MI of their ranks].
+
+    The norms are copula-transformed (normal scores, ties averaged) and the KSG estimate uses the
+    reference rows `ref` and k neighbours like `knn_statistics`; -1/2 log(1 - rho^2) from their
+    correlation rho. Nats. A radius shared by x and y (elliptical laws, heavy tails) shows here.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    n = z.shape[0]
+    if n < 4:
+        return np.zeros(2)
+    norms = np.stack([np.sqrt((z[:, :dx] ** 2).sum(axis=1)), np.sqrt((z[:, dx:] ** 2).sum(axis=1))])
+    u = normal_scores(norms.T)  # (n, 2)
+    _, ksg = knn_statistics(u, 1, ref, k)
+    uc = u - u.mean(axis=0)
+    den = np.sqrt((uc * uc).sum(axis=0).prod())
+    rho = float((uc[:, 0] * uc[:, 1]).sum() / den) if den > 0 else 0.0
+    return np.array([ksg, -0.5 * np.log1p(-min(rho * rho, R_MAX))])
+
+
+def projected_ksg_statistics(z: np.ndarray, dx: int, ref: np.ndarray, k: int, top: int = 4) -> np.ndarray:
+    """KSG MI (2,) on the top canonical variates of copula scores z (n, D), nats.
+
+    x and y are projected on their first m = min(`top`, dx, dy) canonical directions
+    (`canonical_variates`), each projection is copula-transformed, and KSG (k neighbours,
+    reference rows `ref`) is computed on the 2m projected columns and on the first pair
+    alone. Low-dimensional, so KSG saturates far less than on all D columns, and nonlinear
+    (bent) dependence along the canonical directions still counts. Zeros when n < D + 4.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    n, d = z.shape
+    if n < d + 4 or not 0 < dx < d:
+        return np.zeros(2)
+    px, py = canonical_variates(z[:, :dx], z[:, dx:], top)
+    m = px.shape[1]
+    if m == 0:
+        return np.zeros(2)
+    p = np.concatenate([px, py], axis=1)
+    # unit-variance projections rounded to 1e-8: tied rows (discrete data) stay tied whatever
+    # the floating-point path of the SVD (row or coordinate order), so their ranks do too
+    p = np.round(p / np.maximum(p.std(axis=0), 1e-300), 8)
+    u = normal_scores(p)
+    _, all_pairs = knn_statistics(u, m, ref, k)
+    _, first = knn_statistics(np.ascontiguousarray(u[:, [0, m]]), 1, ref, k)
+    return np.array([all_pairs, first])
+
+
+def canonical_variates(zx: np.ndarray, zy: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first m = min(top, ranks) canonical variate pairs (n, m), (n, m) of zx (n, dx) and zy (n, dy).
+
+    Orthonormal bases of the centred blocks (rank-truncated SVD) and the SVD of their cross
+    product; each pair's common sign is fixed so that the x variate's largest-|value| row is positive
+    (a sign flip of a pair would not change the KSG statistics anyway: max-norm distances)."""
+    qx = _orthonormal_basis(torch.from_numpy(zx - zx.mean(axis=0)))
+    qy = _orthonormal_basis(torch.from_numpy(zy - zy.mean(axis=0)))
+    m = min(top, qx.shape[1], qy.shape[1])
+    if m == 0:
+        return np.zeros((zx.shape[0], 0)), np.zeros((zx.shape[0], 0))
+    u, _, vh = torch.linalg.svd(qx.T @ qy, full_matrices=False)
+    px, py = (qx @ u[:, :m]).numpy(), (qy @ vh[:m].T).numpy()
+    sign = np.sign(px[np.abs(px).argmax(axis=0), np.arange(m)])
+    sign[sign == 0] = 1.0
+    return px * sign, py * sign
+
+
+def nonlinear_statistics(z: np.ndarray, dx: int, ref: np.ndarray, config: "ModelConfig") -> np.ndarray:
+    """Set statistics of nonlinear dependence (NONLINEAR_FEATURES,) of copula scores z (n, D).
+
+    [`stratified_statistics` (5), `hermite_statistics` (3), `norm_statistics` (2),
+    `projected_ksg_statistics` (2)]: each reads a kind of dependence that the global canonical
+    correlations miss (radius-dependent rotations, dependence of magnitude, shared radii, bent
+    relations along the canonical directions). All are symmetric in x and y and do not depend on
+    the order of rows or of the coordinates within a block. `ref`: the reference rows of the two
+    KSG statistics (`prepare_batch` takes at most NONLINEAR_KNN_ROWS, a `canonical_subset`).
+    """
+    k = config.knn_k
+    return np.concatenate([stratified_statistics(z, dx, config.strata), hermite_statistics(z, dx),
+                           norm_statistics(z, dx, ref, k), projected_ksg_statistics(z, dx, ref, k)])
+
+
 def set_statistics(r: np.ndarray | None, ksg_mean: float | None, n: int, dx: int, dy: int, cca_top: int) -> np.ndarray:
     """Swap-symmetric statistics (S,) of one set for the head.
 
@@ -635,8 +802,10 @@ def prepare_batch(
             zx, zy = transform(x), transform(y)
             z = np.concatenate([zx, zy], axis=1)
         canon = None
-        if rng is None and n > min(config.cell_rows, config.knn_rows if config.use_knn else n):
-            canon = _CanonicalOrder(z, dx)  # shared by the cell subset and the kNN reference rows
+        sizes = [config.cell_rows] + [config.knn_rows] * config.use_knn
+        sizes += [min(config.knn_rows, NONLINEAR_KNN_ROWS)] * config.use_nonlinear_stats
+        if rng is None and n > min(sizes):
+            canon = _CanonicalOrder(z, dx)  # shared by the cell subset and the reference rows
 
         def subset(size: int, seed: int) -> np.ndarray:
             if n <= size:
@@ -652,6 +821,9 @@ def prepare_batch(
             ref = subset(config.knn_rows, SUBSET_SEED + 1)
             knn, ksg = knn_statistics(z, dx, ref, config.knn_k, quantize=config.knn_quantize)
         stats = set_statistics(r, ksg, n, dx, dy, config.cca_top)
+        if config.use_nonlinear_stats:
+            ref = subset(min(config.knn_rows, NONLINEAR_KNN_ROWS), SUBSET_SEED + 2)
+            stats = np.concatenate([stats, nonlinear_statistics(z, dx, ref, config)])
         cols = column_statistics(z, dx) if config.use_col_stats else None
         per_set.append((z, dx, dy, cell_idx, knn, stats, cols))
 

@@ -19,10 +19,23 @@ from model.network import (
     add_cell_layers,
     add_column_statistics,
     add_row_layers,
+    add_nonlinear_statistics,
     switch_inputs,
     widen,
 )
-from model.preprocess import column_statistics, ksg_stats_slice, prepare_batch, set_statistics
+from model.preprocess import (
+    NONLINEAR_FEATURES,
+    canonical_correlations,
+    column_statistics,
+    ksg_stats_slice,
+    prepare_batch,
+    set_statistics,
+    hermite_statistics,
+    nonlinear_statistics,
+    norm_statistics,
+    projected_ksg_statistics,
+    stratified_statistics,
+)
 from model.quantiles import (
     apply_calibration,
     fit_calibration,
@@ -60,9 +73,10 @@ def _pair(n, dx, dy, seed=0):
     return x, y
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["plain", "col_stats"])
+@pytest.fixture(scope="module", params=[{}, dict(use_col_stats=True), dict(use_nonlinear_stats=True)],
+                ids=["plain", "col_stats", "strata"])
 def model(request):
-    return _model(use_col_stats=request.param)
+    return _model(**request.param)
 
 
 @pytest.mark.parametrize("n", [30, 100])  # 100 > cell_rows and > knn_rows: both subsets are used
@@ -103,8 +117,9 @@ def test_padding_never_changes_the_output(model):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, dict(use_col_stats=True), dict(use_cca=False, use_knn=False, input_transform="standardize")],
-    ids=["default", "col_stats", "ablation"],
+    [{}, dict(use_col_stats=True), dict(use_nonlinear_stats=True),
+     dict(use_cca=False, use_knn=False, input_transform="standardize")],
+    ids=["default", "col_stats", "strata", "ablation"],
 )
 def test_padding_invariance_in_float32(options):
     model = _model(**options).float()
@@ -164,9 +179,9 @@ def test_config_round_trip_and_unknown_keys():
         ModelConfig(quantile_levels=(0.5, 0.4))
 
 
-@pytest.mark.parametrize("col_stats", [False, True])
-def test_gradients_reach_every_parameter(col_stats):
-    model = _model(use_col_stats=col_stats).float().train()
+@pytest.mark.parametrize("options", [{}, dict(use_col_stats=True, use_nonlinear_stats=True)], ids=["plain", "all_inputs"])
+def test_gradients_reach_every_parameter(options):
+    model = _model(**options).float().train()
     sets = [_pair(50, 2, 3, s) for s in range(3)]
     out = model(prepare_batch(sets, model.config, rng=np.random.default_rng(0)))
     out.sum().backward()
@@ -250,9 +265,148 @@ def test_turning_column_statistics_on_starts_from_the_same_function_and_then_lea
     assert add_column_statistics(new) is new
 
 
+def test_turning_nonlinear_statistics_on_starts_from_the_same_function_and_then_learns():
+    old = _model(cell_layers=0)
+    new = add_nonlinear_statistics(old, strata=3)
+    assert new.config.use_nonlinear_stats and new.config.strata == 3 and new.num_parameters() > old.num_parameters()
+    sets = _same_function_then_backward(old, new)
+    stats = prepare_batch(sets, new.config).stats
+    assert stats.shape[1] == prepare_batch(sets, old.config).stats.shape[1] + NONLINEAR_FEATURES
+    assert stats[0, -NONLINEAR_FEATURES:].abs().sum() > 0   # real inputs ...
+    head_new = new.head[0].weight.grad[:, -NONLINEAR_FEATURES:]
+    assert head_new.abs().sum() > 0                       # ... read by zero weights that now get gradients
+    assert add_nonlinear_statistics(new) is new
+    with pytest.raises(ValueError, match="strata must be >= 2"):
+        ModelConfig(use_nonlinear_stats=True, strata=1)
+
+
+def _radius_twist(y: np.ndarray, rate: float) -> np.ndarray:
+    """Rotate each plane (0, 1), (2, 3), ... of y by an angle rate * |y| (the metagen spiral's idea)."""
+    r = np.linalg.norm(y, axis=1, keepdims=True)
+    c, s = np.cos(rate * r), np.sin(rate * r)
+    out = y.copy()
+    out[:, 0::2], out[:, 1::2] = c * y[:, 0::2] - s * y[:, 1::2], s * y[:, 0::2] + c * y[:, 1::2]
+    return out
+
+
+def test_stratified_statistics_see_through_a_radius_dependent_rotation():
+    """y = x + noise (true MI known in closed form), then y twisted by an angle that grows
+    with its radius: the global canonical correlations lose most of the MI, the strata of
+    |y| keep much more of it; without the twist both read about the same."""
+    rng = np.random.default_rng(0)
+    n, d, noise = 4000, 4, 0.1
+    x = rng.normal(size=(n, d))
+    y = x + noise * rng.normal(size=(n, d))
+    true_mi = d / 2 * np.log1p(1 / noise**2)                  # Gaussian channel, nats (~9.2)
+    twisted = _radius_twist(y, 3.0)
+
+    def global_mi(a, b):
+        return float(np.sum(-0.5 * np.log1p(-canonical_correlations(a, b) ** 2)))
+
+    def scores(a):  # the model sees copula scores: ranks -> normal quantiles, per column
+        return ndtri((np.argsort(np.argsort(a, axis=0), axis=0) + 0.5) / len(a))
+
+    z = np.concatenate([scores(x), scores(twisted)], axis=1)
+    feats = stratified_statistics(z, d, strata=4)
+    strat_mi = np.expm1(feats[0])                             # the larger of the two stratified MIs
+    plain = global_mi(z[:, :d], z[:, d:])
+    assert plain < 0.3 * true_mi                              # the twist hides the dependence globally
+    assert strat_mi > 0.2 * true_mi and strat_mi > 10 * plain  # ... the strata recover a good part of it
+    assert feats[3] == pytest.approx(np.log(n / (4 * 2 * d)) / 5) and feats[4] == 1.0
+    z0 = np.concatenate([scores(x), scores(y)], axis=1)       # no twist: strata and global agree roughly
+    assert np.expm1(stratified_statistics(z0, d, 4)[1]) == pytest.approx(global_mi(z0[:, :d], z0[:, d:]), rel=0.25)
+
+
+def test_stratified_statistics_ties_and_too_few_rows():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 3, size=(90, 2)).astype(float)       # discrete: many tied row norms
+    z = np.concatenate([x, x[:, :1] + rng.integers(0, 2, size=(90, 1))], axis=1)
+    ref = stratified_statistics(z, 2, 4)
+    assert ref[-1] == 1.0 and np.isfinite(ref).all()
+    np.testing.assert_allclose(stratified_statistics(z[rng.permutation(90)], 2, 4), ref, rtol=1e-9, atol=1e-9)
+    # fewer than 2 strata of 2 (dx + dy) rows each, or an empty block: disabled (zeros)
+    assert not stratified_statistics(rng.normal(size=(11, 3)), 1, 4).any()
+    assert stratified_statistics(rng.normal(size=(12, 3)), 1, 4)[-1] == 1.0
+    assert not stratified_statistics(rng.normal(size=(50, 3)), 3, 4).any()
+
+
+def _scores(a: np.ndarray) -> np.ndarray:
+    """Copula scores written independently of model.preprocess: ranks -> normal quantiles per column."""
+    return ndtri((np.argsort(np.argsort(a, axis=0), axis=0) + 0.5) / len(a))
+
+
+def test_hermite_statistics_see_u_shaped_and_spread_dependence():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3000, 1))
+    y = x**2 + 0.3 * rng.normal(size=(3000, 1))               # U-shaped: no linear correlation at all
+    z = np.concatenate([_scores(x), _scores(y)], axis=1)
+    linear = float(np.sum(-0.5 * np.log1p(-canonical_correlations(z[:, :1], z[:, 1:]) ** 2)))
+    feats = np.expm1(hermite_statistics(z, 1))
+    assert linear < 0.05 and feats[0] > 0.8 and feats[2] > 0.1   # the squares carry it
+    indep = np.concatenate([_scores(x), _scores(rng.normal(size=(3000, 1)))], axis=1)
+    assert np.expm1(hermite_statistics(indep, 1)).max() < 0.02
+    assert not hermite_statistics(z[:11], 1).any()               # n < 4 D + 4: disabled
+
+
+def test_norm_statistics_see_a_shared_radius():
+    """x = r g, y = r h with independent Gaussian directions g, h and a shared heavy-tailed
+    scale r: uncorrelated coordinates, but the norms move together."""
+    rng = np.random.default_rng(3)
+    n = 2000
+    r = np.exp(rng.normal(size=(n, 1)))
+    x, y = r * rng.normal(size=(n, 3)), r * rng.normal(size=(n, 3))
+    z = np.concatenate([_scores(x), _scores(y)], axis=1)
+    ref = np.arange(1000)
+    ksg, gauss = norm_statistics(z, 3, ref, 3)
+    assert ksg > 0.15 and gauss > 0.15
+    free = np.concatenate([_scores(x), _scores(rng.normal(size=(n, 3)))], axis=1)
+    assert np.abs(norm_statistics(free, 3, ref, 3)).max() < 0.03
+
+
+def test_projected_ksg_reads_each_canonical_pair_of_a_rotated_gaussian_channel():
+    """y = x R + s e with R orthogonal: every canonical pair carries 1/2 log(1 + 1/s^2) nats
+    (closed form), which KSG on the first pair (two columns) reads accurately; KSG on the four
+    projected pairs reads more than that, less than their total."""
+    rng = np.random.default_rng(4)
+    n, d, s = 3000, 6, 0.6
+    x = rng.normal(size=(n, d))
+    rot, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    y = x @ rot + s * rng.normal(size=(n, d))
+    per_pair = 0.5 * np.log1p(1 / s**2)                       # ~0.72 nats
+    z = np.concatenate([_scores(x), _scores(y)], axis=1)
+    four, first = projected_ksg_statistics(z, d, np.arange(1024), 3)
+    assert first == pytest.approx(per_pair, abs=0.12)
+    assert first + 0.3 < four < 4 * per_pair
+    assert not projected_ksg_statistics(z[: 2 * d + 3], d, np.arange(15), 3).any()   # n < D + 4
+
+
+@pytest.mark.parametrize("data", ["continuous", "discrete"])
+def test_nonlinear_statistics_are_invariant(data):
+    rng = np.random.default_rng(5)
+    if data == "continuous":
+        x = rng.normal(size=(300, 3))
+        y = np.concatenate([np.tanh(x[:, :1]) + 0.5 * rng.normal(size=(300, 1)), rng.normal(size=(300, 1))], axis=1)
+    else:
+        x = rng.integers(0, 3, size=(300, 3)).astype(float)
+        y = np.concatenate([x[:, :1] + rng.integers(0, 2, size=(300, 1)), rng.integers(0, 4, size=(300, 1))], axis=1)
+    config = ModelConfig(use_nonlinear_stats=True, knn_rows=128)
+
+    def stats(a, b):
+        return prepare_batch([(a, b)], config).stats[0, -NONLINEAR_FEATURES:].double().numpy()
+
+    ref = stats(x, y)
+    assert np.isfinite(ref).all() and np.abs(ref).sum() > 0
+    rows = rng.permutation(300)
+    for name, (a, b) in {"rows": (x[rows], y[rows]), "x coords": (x[:, [2, 0, 1]], y), "y coords": (x, y[:, ::-1]),
+                         "swap": (y, x)}.items():
+        np.testing.assert_allclose(stats(a, b), ref, rtol=1e-5, atol=1e-5, err_msg=name)
+    zx, zy = _scores(x), _scores(y)
+    assert nonlinear_statistics(np.concatenate([zx, zy], axis=1), 3, np.arange(128), config).shape == (NONLINEAR_FEATURES,)
+
+
 @pytest.mark.parametrize("factor", [2, 3])
 def test_widening_starts_from_the_same_function_and_then_learns(factor):
-    old = _model(use_col_stats=True)  # cell layers, two row layers, column features: every kind of module
+    old = _model(use_col_stats=True, use_nonlinear_stats=True)  # cell and row layers, column features, strata: every kind
     new = widen(old, factor * old.config.dim, seed=1)
     assert new.config == dataclasses.replace(old.config, dim=factor * old.config.dim)
     assert new.num_parameters() > 2 * old.num_parameters()

@@ -459,17 +459,18 @@ def test_end_to_end_loss_falls_and_checkpoint_loads(stores, tmp_path):
     assert cont_meta["info"]["init_from"] == {"path": str(out / "best.safetensors"), "fingerprint": meta["fingerprint"],
                                               "steps_before": meta["info"]["step"]}
     third = tmp_path / "third"
-    # ... and may change the input switches (here: drop the kNN statistics) and add row and
-    # cell layers, nothing else of the architecture
+    # ... and may change the input switches (here: drop the kNN statistics), add row and
+    # cell layers and the nonlinear-dependence statistics, nothing else of the architecture
     assert train_here(third, stores, "--init-from", str(again / "last.safetensors"), "--steps", "1",
                       "--eval_every", "1", "--model.use_knn", "false",
                       "--model.row_layers", str(best.config.row_layers + 1),
-                      "--model.cell_layers", str(best.config.cell_layers + 1)) == 0
+                      "--model.cell_layers", str(best.config.cell_layers + 1), "--model.use_nonlinear_stats", "true") == 0
     third_model, third_meta = load_checkpoint(third / "last.safetensors")
     assert third_meta["info"]["init_from"]["steps_before"] == meta["info"]["step"] + 2
     assert not third_model.config.use_knn and third_model.config.dim == best.config.dim
     assert third_model.config.row_layers == best.config.row_layers + 1
     assert third_model.config.cell_layers == best.config.cell_layers + 1
+    assert third_model.config.use_nonlinear_stats and not best.config.use_nonlinear_stats
     # ... and widen it (a multiple of its dim: model.network.widen); any other dim is an error
     wide = tmp_path / "wide"
     assert train_here(wide, stores, "--init-from", str(out / "best.safetensors"), "--steps", "1",
@@ -478,6 +479,17 @@ def test_end_to_end_loss_falls_and_checkpoint_loads(stores, tmp_path):
     assert wide_model.config == dataclasses.replace(best.config, dim=2 * best.config.dim)
     assert train_here(tmp_path / "odd", stores, "--init-from", str(out / "best.safetensors"), "--steps", "1",
                       "--model.dim", str(best.config.dim + 2)) == 2
+    # --train_only: only the named parameters move (here the head, refit on the nonlinear statistics)
+    head = tmp_path / "head"
+    assert train_here(head, stores, "--init-from", str(out / "best.safetensors"), "--steps", "2", "--eval_every", "2",
+                      "--lr", "1e-2", "--train_only", "head.", "--model.use_nonlinear_stats", "true") == 0
+    refit, _ = load_checkpoint(head / "last.safetensors")
+    assert refit.config.use_nonlinear_stats
+    before, after = best.state_dict(), refit.state_dict()
+    moved = {k for k in after if after[k].shape != before[k].shape or not torch.equal(after[k], before[k])}
+    assert moved and all(k.startswith("head.") for k in moved), moved
+    assert train_here(tmp_path / "nohead", stores, "--init-from", str(out / "best.safetensors"), "--steps", "1",
+                      "--train_only", "heads.") == 2
 
 
 def test_ship_checkpoint_calibrates_and_switches_knn_rows(stores, tmp_path):

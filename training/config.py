@@ -55,6 +55,8 @@ class TrainConfig:
     warmup_steps: int = 200                # linear warmup from 0 to lr
     weight_decay: float = 0.01             # AdamW decoupled weight decay
     grad_clip: float = 1.0                 # max global gradient norm (0: no clipping)
+    train_only: str = ""                   # comma-separated parameter-name prefixes to train (e.g. "head."),
+                                           # the rest frozen (a new head input first, then all); "": all
     # --- bookkeeping --------------------------------------------------------------
     log_every: int = 50                    # train-loss line in metrics.jsonl every this many steps
     eval_every: int = 500                  # validation every this many steps (and at the end)
