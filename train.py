@@ -277,8 +277,9 @@ def build_model(cfg: TrainConfig, init_from: str | None):
     ``row_layers``: the new layers start as the identity, model.network.add_row_layers) and
     cell layers (a larger ``cell_layers``, likewise, model.network.add_cell_layers), and turn
     on the per-column dependence features (``use_col_stats``: their embedding starts at zero,
-    model.network.add_column_statistics) and the nonlinear-dependence statistics (``use_nonlinear_stats``:
-    the head reads them with zero weights at first, model.network.add_nonlinear_statistics), and widen it (a larger ``dim``, a multiple of the
+    model.network.add_column_statistics) and the nonlinear-dependence statistics
+    (``use_nonlinear_stats``: the head reads them with zero weights at first,
+    model.network.add_nonlinear_statistics), and widen it (a larger ``dim``, a multiple of the
     checkpoint's: the same function at first, model.network.widen); other fields are ignored."""
     from model.network import (INPUT_SWITCHES, MIEstimator, add_cell_layers, add_column_statistics, add_row_layers,
                                add_nonlinear_statistics, switch_inputs, widen)

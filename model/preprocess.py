@@ -590,9 +590,14 @@ def _strata(key: np.ndarray, strata: int) -> np.ndarray:
     return first * strata // key.size
 
 
+def _gaussian_pair_mis(r: np.ndarray) -> np.ndarray:
+    """Gaussian MI -1/2 log(1 - r_k^2) (nats) of each canonical correlation r_k, clipped to [0, R_MAX]."""
+    return -0.5 * np.log1p(-np.clip(r, 0.0, R_MAX) ** 2)
+
+
 def _pair_mis(zx: np.ndarray, zy: np.ndarray) -> np.ndarray:
-    """Gaussian MI of each canonical pair, -1/2 log(1 - r_k^2) (nats), of zx (n, dx) and zy (n, dy)."""
-    return -0.5 * np.log1p(-canonical_correlations(zx, zy) ** 2)
+    """`_gaussian_pair_mis` of the canonical correlations of zx (n, dx) and zy (n, dy)."""
+    return _gaussian_pair_mis(canonical_correlations(zx, zy))
 
 
 def stratified_statistics(z: np.ndarray, dx: int, strata: int) -> np.ndarray:
@@ -748,7 +753,7 @@ def set_statistics(r: np.ndarray | None, ksg_mean: float | None, n: int, dx: int
     top = np.zeros(cca_top)
     gc = 0.0
     if r is not None and r.size:
-        pair = -0.5 * np.log1p(-np.clip(r, 0.0, R_MAX) ** 2)
+        pair = _gaussian_pair_mis(r)
         gc = float(pair.sum())
         m = min(cca_top, pair.size)
         top[:m] = np.sort(pair)[::-1][:m]

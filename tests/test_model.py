@@ -280,6 +280,16 @@ def test_turning_nonlinear_statistics_on_starts_from_the_same_function_and_then_
         ModelConfig(use_nonlinear_stats=True, strata=1)
 
 
+def _scores(a: np.ndarray) -> np.ndarray:
+    """Copula scores written independently of model.preprocess: ranks -> normal quantiles per column."""
+    return ndtri((np.argsort(np.argsort(a, axis=0), axis=0) + 0.5) / len(a))
+
+
+def _linear_mi(a: np.ndarray, b: np.ndarray) -> float:
+    """Gaussian MI (nats) of the global canonical correlations of a (n, da) and b (n, db)."""
+    return float(np.sum(-0.5 * np.log1p(-canonical_correlations(a, b) ** 2)))
+
+
 def _radius_twist(y: np.ndarray, rate: float) -> np.ndarray:
     """Rotate each plane (0, 1), (2, 3), ... of y by an angle rate * |y| (the metagen spiral's idea)."""
     r = np.linalg.norm(y, axis=1, keepdims=True)
@@ -299,22 +309,15 @@ def test_stratified_statistics_see_through_a_radius_dependent_rotation():
     y = x + noise * rng.normal(size=(n, d))
     true_mi = d / 2 * np.log1p(1 / noise**2)                  # Gaussian channel, nats (~9.2)
     twisted = _radius_twist(y, 3.0)
-
-    def global_mi(a, b):
-        return float(np.sum(-0.5 * np.log1p(-canonical_correlations(a, b) ** 2)))
-
-    def scores(a):  # the model sees copula scores: ranks -> normal quantiles, per column
-        return ndtri((np.argsort(np.argsort(a, axis=0), axis=0) + 0.5) / len(a))
-
-    z = np.concatenate([scores(x), scores(twisted)], axis=1)
+    z = np.concatenate([_scores(x), _scores(twisted)], axis=1)  # the model sees copula scores
     feats = stratified_statistics(z, d, strata=4)
     strat_mi = np.expm1(feats[0])                             # the larger of the two stratified MIs
-    plain = global_mi(z[:, :d], z[:, d:])
+    plain = _linear_mi(z[:, :d], z[:, d:])
     assert plain < 0.3 * true_mi                              # the twist hides the dependence globally
     assert strat_mi > 0.2 * true_mi and strat_mi > 10 * plain  # ... the strata recover a good part of it
     assert feats[3] == pytest.approx(np.log(n / (4 * 2 * d)) / 5) and feats[4] == 1.0
-    z0 = np.concatenate([scores(x), scores(y)], axis=1)       # no twist: strata and global agree roughly
-    assert np.expm1(stratified_statistics(z0, d, 4)[1]) == pytest.approx(global_mi(z0[:, :d], z0[:, d:]), rel=0.25)
+    z0 = np.concatenate([_scores(x), _scores(y)], axis=1)     # no twist: strata and global agree roughly
+    assert np.expm1(stratified_statistics(z0, d, 4)[1]) == pytest.approx(_linear_mi(z0[:, :d], z0[:, d:]), rel=0.25)
 
 
 def test_stratified_statistics_ties_and_too_few_rows():
@@ -330,17 +333,12 @@ def test_stratified_statistics_ties_and_too_few_rows():
     assert not stratified_statistics(rng.normal(size=(50, 3)), 3, 4).any()
 
 
-def _scores(a: np.ndarray) -> np.ndarray:
-    """Copula scores written independently of model.preprocess: ranks -> normal quantiles per column."""
-    return ndtri((np.argsort(np.argsort(a, axis=0), axis=0) + 0.5) / len(a))
-
-
 def test_hermite_statistics_see_u_shaped_and_spread_dependence():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(3000, 1))
     y = x**2 + 0.3 * rng.normal(size=(3000, 1))               # U-shaped: no linear correlation at all
     z = np.concatenate([_scores(x), _scores(y)], axis=1)
-    linear = float(np.sum(-0.5 * np.log1p(-canonical_correlations(z[:, :1], z[:, 1:]) ** 2)))
+    linear = _linear_mi(z[:, :1], z[:, 1:])
     feats = np.expm1(hermite_statistics(z, 1))
     assert linear < 0.05 and feats[0] > 0.8 and feats[2] > 0.1   # the squares carry it
     indep = np.concatenate([_scores(x), _scores(rng.normal(size=(3000, 1)))], axis=1)
