@@ -18,6 +18,7 @@ from model.preprocess import (
     _kth_smallest,
     canonical_correlations,
     canonical_subset,
+    grouped_canonical_correlations,
     knn_statistics,
     normal_scores,
     prepare_batch,
@@ -57,6 +58,32 @@ def test_canonical_correlations_match_subspace_angles(n, dx, dy):
     expected = np.sort(np.cos(subspace_angles(x - x.mean(0), y - y.mean(0))))[::-1][: min(dx, dy)]
     np.testing.assert_allclose(r, np.clip(expected, 0, R_MAX), atol=1e-7)
     assert r.shape == (min(dx, dy),) and np.all(np.diff(r) <= 0) and np.all((r >= 0) & (r < 1))
+
+
+@pytest.mark.parametrize("dx,dy", [(3, 2), (1, 1), (20, 18)])
+def test_grouped_canonical_correlations_match_each_group_alone(dx, dy):
+    # the batched path against scipy's principal angles per group, and the degenerate groups
+    # (a duplicated column, fewer rows than columns, too few rows) against the per-group call
+    rng = np.random.default_rng(dx * 7 + dy)
+    sizes = [120, 90, 4 * (dx + dy), 2, 0, 60, (dx + dy) // 2 + 2]
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    rng.shuffle(group)
+    x = rng.normal(size=(group.size, dx))
+    y = 0.7 * x[:, :1] * (1 + group[:, None] % 3) + rng.normal(size=(group.size, dy))
+    if dx > 1:
+        x[group == 5, 1] = x[group == 5, 0]  # exact rank deficiency in group 5
+    z = np.concatenate([x, y], axis=1)
+    got = grouped_canonical_correlations(z, dx, group, len(sizes), min_rows=3)
+    kept = [k for k, size in enumerate(sizes) if size >= 3]
+    assert len(got) == len(kept)
+    for k, r in zip(kept, got):
+        rows = z[group == k]
+        np.testing.assert_allclose(r, canonical_correlations(rows[:, :dx], rows[:, dx:]), atol=1e-10)
+        if rows.shape[0] > 2 * (dx + dy) and not (k == 5 and dx > 1):
+            c = rows - rows.mean(0)
+            angles = np.sort(np.cos(subspace_angles(c[:, :dx], c[:, dx:])))[::-1][: min(dx, dy)]
+            np.testing.assert_allclose(r, np.clip(angles, 0, R_MAX), atol=1e-7)
+    assert grouped_canonical_correlations(z, dx, np.zeros(group.size, dtype=int), 1, min_rows=z.shape[0] + 1) == []
 
 
 def test_canonical_correlations_recover_known_rho():
