@@ -249,21 +249,30 @@ def canonical_correlations(zx: np.ndarray, zy: np.ndarray) -> np.ndarray:
         zy = zy[:, None]
     dx = zx.shape[1]
     k = min(dx, zy.shape[1])
-    out = np.zeros(k)
     z = torch.from_numpy(np.concatenate([zx, zy], axis=1))
     z = z - z.mean(dim=0)
     g = (z.T @ z).numpy()  # (dx + dy, dx + dy), in torch: the one product that grows with n
+    out = _correlations_from_gram(g, dx)
+    return out if out is not None else _canonical_correlations_svd(z[:, :dx], z[:, dx:], k)
+
+
+def _correlations_from_gram(g: np.ndarray, dx: int) -> np.ndarray | None:
+    """`canonical_correlations` (min(dx, dy),) from the Gram matrix g (D, D) of centred data whose
+    first dx columns are x; None when a block is ambiguously conditioned (`_gram_whitener`): then
+    only the SVD of the data decides."""
+    k = min(dx, g.shape[0] - dx)
     wx, wy = _gram_whitener(g[:dx, :dx]), _gram_whitener(g[dx:, dx:])
-    if wx is not None and wy is not None:
-        if wx.shape[1] and wy.shape[1]:
-            m = wx.T @ g[:dx, dx:] @ wy
-            if max(m.shape) <= NUMPY_LINALG_MAX_DIM:
-                s = np.linalg.svd(m, compute_uv=False)
-            else:
-                s = torch.linalg.svdvals(torch.from_numpy(np.ascontiguousarray(m))).numpy()
-            out[: min(k, s.size)] = s[:k]
-        return np.clip(out, 0.0, R_MAX)
-    return _canonical_correlations_svd(z[:, :dx], z[:, dx:], k)
+    if wx is None or wy is None:
+        return None
+    out = np.zeros(k)
+    if wx.shape[1] and wy.shape[1]:
+        m = wx.T @ g[:dx, dx:] @ wy
+        if max(m.shape) <= NUMPY_LINALG_MAX_DIM:
+            s = np.linalg.svd(m, compute_uv=False)
+        else:
+            s = torch.linalg.svdvals(torch.from_numpy(np.ascontiguousarray(m))).numpy()
+        out[: min(k, s.size)] = s[:k]
+    return np.clip(out, 0.0, R_MAX)
 
 
 def _canonical_correlations_svd(zx: torch.Tensor, zy: torch.Tensor, k: int) -> np.ndarray:
@@ -620,11 +629,12 @@ def _batched_svdvals(a: np.ndarray) -> np.ndarray:
 
 def grouped_canonical_correlations(
     z: np.ndarray, dx: int, group: np.ndarray, groups: int, min_rows: int = 3
-) -> list[np.ndarray]:
+) -> list[np.ndarray | None]:
     """`canonical_correlations` of z[:, :dx] and z[:, dx:] (z: (n, D)) within each group of rows.
 
-    `group` (n,) holds each row's group in 0 .. groups - 1; groups with fewer than `min_rows`
-    rows are left out, the others are returned in group order, each (min(dx, D - dx),). The
+    `group` (n,) holds each row's group in 0 .. groups - 1. Returns one entry per group, in
+    group order: its correlations (min(dx, D - dx),), or None when it has fewer than
+    `min_rows` rows. The
     same values as calling `canonical_correlations` per group (to ~1e-12), but the Gram
     matrices, whiteners and SVDs of the well-conditioned full-rank groups are computed as one
     batch (one call at n = 1000 with 8 groups costs about a quarter of the loop); the other
@@ -635,8 +645,9 @@ def grouped_canonical_correlations(
     dy = d - dx
     counts = np.bincount(group, minlength=groups)
     kept = np.flatnonzero(counts >= min_rows)
+    result: list[np.ndarray | None] = [None] * groups
     if kept.size == 0:
-        return []
+        return result
     order = np.argsort(group, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)])
     width = int(counts[kept].max())
@@ -657,18 +668,17 @@ def grouped_canonical_correlations(
     ly, vy = _batched_eigh(gram[:, dx:, dx:])
     # full rank and well conditioned (`_gram_whitener` keeps every direction): batch these
     batched = (lx[:, 0] > lx[:, -1] / GRAM_MAX_COND) & (ly[:, 0] > ly[:, -1] / GRAM_MAX_COND) & (lx[:, -1] > 0) & (ly[:, -1] > 0)
-    out: list[np.ndarray] = [np.zeros(0)] * kept.size
     if batched.any():
         wx = vx[batched] / np.sqrt(lx[batched])[:, None, :]  # (b, dx, dx): W^T G W = I
         wy = vy[batched] / np.sqrt(ly[batched])[:, None, :]
         m = wx.transpose(0, 2, 1) @ gram[batched][:, :dx, dx:] @ wy  # (b, dx, dy), whitened cross block
         sv = np.clip(_batched_svdvals(m), 0.0, R_MAX)  # (b, min(dx, dy)), descending
         for i, r in zip(np.flatnonzero(batched), sv):
-            out[i] = r
+            result[kept[i]] = r
     for i in np.flatnonzero(~batched):
         rows = z[order[starts[kept[i]]:starts[kept[i] + 1]]]
-        out[i] = canonical_correlations(rows[:, :dx], rows[:, dx:])
-    return out
+        result[kept[i]] = canonical_correlations(rows[:, :dx], rows[:, dx:])
+    return result
 
 
 def stratified_statistics(z: np.ndarray, dx: int, strata: int) -> np.ndarray:
@@ -696,10 +706,12 @@ def stratified_statistics(z: np.ndarray, dx: int, strata: int) -> np.ndarray:
     out = np.zeros(5)
     if s < 2:
         return out
+    # strata by the x norm are groups 0 .. s - 1, by the y norm s .. 2 s - 1 (rows appear in both)
+    which = [_strata(np.sqrt((b * b).sum(axis=1)), s) for b in (z[:, :dx], z[:, dx:])]
+    r = grouped_canonical_correlations(np.concatenate([z, z]), dx, np.concatenate([which[0], which[1] + s]), 2 * s)
     g, t = [], []
-    for block in (z[:, :dx], z[:, dx:]):
-        which = _strata(np.sqrt((block * block).sum(axis=1)), s)
-        pairs = [_gaussian_pair_mis(r) for r in grouped_canonical_correlations(z, dx, which, s, min_rows=3)]
+    for half in (r[:s], r[s:]):
+        pairs = [_gaussian_pair_mis(c) for c in half if c is not None]
         g.append(float(np.mean([p.sum() for p in pairs])) if pairs else 0.0)
         t.append(float(np.mean([p.max() if p.size else 0.0 for p in pairs])) if pairs else 0.0)
     out[:] = [np.log1p(max(g)), np.log1p(min(g)), np.log1p(max(t)), np.log(n / (s * d)) / 5, 1.0]
@@ -720,9 +732,16 @@ def hermite_statistics(z: np.ndarray, dx: int) -> np.ndarray:
     out = np.zeros(3)
     if n < 4 * d + 4 or not 0 < dx < d:
         return out
-    sq = z * z - 1.0
-    both = _pair_mis(np.concatenate([z[:, :dx], sq[:, :dx]], axis=1), np.concatenate([z[:, dx:], sq[:, dx:]], axis=1))
-    squares = _pair_mis(sq[:, :dx], sq[:, dx:])
+    dy = d - dx
+    h = np.concatenate([z[:, :dx], z * z - 1.0, z[:, dx:]], axis=1)  # (n, 2 D): [x, x^2 - 1, y^2 - 1, y]
+    ht = torch.from_numpy(h - h.mean(axis=0))
+    g = (ht.T @ ht).numpy()  # one Gram matrix for both problems
+    sq = np.arange(dx, dx + d)  # [x^2 - 1, y^2 - 1]
+    r_both, r_sq = _correlations_from_gram(g, 2 * dx), _correlations_from_gram(g[np.ix_(sq, sq)], dx)
+    if r_both is None or r_sq is None:  # ambiguous conditioning: the data's SVD decides
+        r_both = canonical_correlations(h[:, : 2 * dx], h[:, 2 * dx:])
+        r_sq = canonical_correlations(h[:, dx: 2 * dx], h[:, 2 * dx: 2 * dx + dy])
+    both, squares = _gaussian_pair_mis(r_both), _gaussian_pair_mis(r_sq)
     out[:] = [np.log1p(both.sum()), np.log1p(both.max()), np.log1p(squares.sum())]
     return out
 
@@ -788,14 +807,27 @@ def canonical_variates(zx: np.ndarray, zy: np.ndarray, top: int) -> tuple[np.nda
 
     Orthonormal bases of the centred blocks (rank-truncated SVD) and the SVD of their cross
     product; each pair's common sign is fixed so that the x variate's largest-|value| row is positive
-    (a sign flip of a pair would not change the KSG statistics anyway: max-norm distances)."""
-    qx = _orthonormal_basis(torch.from_numpy(zx - zx.mean(axis=0)))
-    qy = _orthonormal_basis(torch.from_numpy(zy - zy.mean(axis=0)))
-    m = min(top, qx.shape[1], qy.shape[1])
-    if m == 0:
-        return np.zeros((zx.shape[0], 0)), np.zeros((zx.shape[0], 0))
-    u, _, vh = torch.linalg.svd(qx.T @ qy, full_matrices=False)
-    px, py = (qx @ u[:, :m]).numpy(), (qy @ vh[:m].T).numpy()
+    (a sign flip of a pair would not change the KSG statistics anyway: max-norm distances).
+    Fast path as in `canonical_correlations`: the blocks' Gram matrices whitened by their
+    eigenvectors stand in for the SVD bases when both are well conditioned (`_gram_whitener`)."""
+    xc, yc = zx - zx.mean(axis=0), zy - zy.mean(axis=0)
+    dx = xc.shape[1]
+    zt = torch.from_numpy(np.concatenate([xc, yc], axis=1))
+    g = (zt.T @ zt).numpy()
+    wx, wy = _gram_whitener(g[:dx, :dx]), _gram_whitener(g[dx:, dx:])
+    if wx is not None and wy is not None:  # x basis: xc @ wx (orthonormal columns), y likewise
+        m = min(top, wx.shape[1], wy.shape[1])
+        if m == 0:
+            return np.zeros((zx.shape[0], 0)), np.zeros((zx.shape[0], 0))
+        u, _, vh = np.linalg.svd(wx.T @ g[:dx, dx:] @ wy)
+        px, py = xc @ (wx @ u[:, :m]), yc @ (wy @ vh[:m].T)
+    else:
+        qx, qy = _orthonormal_basis(torch.from_numpy(xc)), _orthonormal_basis(torch.from_numpy(yc))
+        m = min(top, qx.shape[1], qy.shape[1])
+        if m == 0:
+            return np.zeros((zx.shape[0], 0)), np.zeros((zx.shape[0], 0))
+        u, _, vh = torch.linalg.svd(qx.T @ qy, full_matrices=False)
+        px, py = (qx @ u[:, :m]).numpy(), (qy @ vh[:m].T).numpy()
     sign = np.sign(px[np.abs(px).argmax(axis=0), np.arange(m)])
     sign[sign == 0] = 1.0
     return px * sign, py * sign

@@ -18,6 +18,7 @@ from model.preprocess import (
     _kth_smallest,
     canonical_correlations,
     canonical_subset,
+    canonical_variates,
     grouped_canonical_correlations,
     knn_statistics,
     normal_scores,
@@ -74,16 +75,36 @@ def test_grouped_canonical_correlations_match_each_group_alone(dx, dy):
         x[group == 5, 1] = x[group == 5, 0]  # exact rank deficiency in group 5
     z = np.concatenate([x, y], axis=1)
     got = grouped_canonical_correlations(z, dx, group, len(sizes), min_rows=3)
-    kept = [k for k, size in enumerate(sizes) if size >= 3]
-    assert len(got) == len(kept)
-    for k, r in zip(kept, got):
+    assert len(got) == len(sizes)
+    for k, r in enumerate(got):
+        assert (r is None) == (sizes[k] < 3)
+        if r is None:
+            continue
         rows = z[group == k]
         np.testing.assert_allclose(r, canonical_correlations(rows[:, :dx], rows[:, dx:]), atol=1e-10)
         if rows.shape[0] > 2 * (dx + dy) and not (k == 5 and dx > 1):
             c = rows - rows.mean(0)
             angles = np.sort(np.cos(subspace_angles(c[:, :dx], c[:, dx:])))[::-1][: min(dx, dy)]
             np.testing.assert_allclose(r, np.clip(angles, 0, R_MAX), atol=1e-7)
-    assert grouped_canonical_correlations(z, dx, np.zeros(group.size, dtype=int), 1, min_rows=z.shape[0] + 1) == []
+    assert grouped_canonical_correlations(z, dx, np.zeros(group.size, dtype=int), 1, min_rows=z.shape[0] + 1) == [None]
+
+
+@pytest.mark.parametrize("duplicate", [False, True])
+def test_canonical_variates_carry_the_canonical_correlations(duplicate):
+    # pair i of the variates correlates at r_i, and different pairs not at all; a duplicated
+    # column (exact rank deficiency) takes the SVD path and must give the same answer
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(300, 4))
+    y = np.stack([x[:, 0] + 0.5 * rng.normal(size=300), x[:, 1] - x[:, 2] + 2 * rng.normal(size=300),
+                  rng.normal(size=300)], axis=1)
+    if duplicate:
+        x[:, 3] = x[:, 0]
+    px, py = canonical_variates(x, y, top=2)
+    assert px.shape == py.shape == (300, 2)
+    c = np.corrcoef(np.concatenate([px, py], axis=1).T)
+    np.testing.assert_allclose(np.diag(c[:2, 2:]), canonical_correlations(x, y)[:2], atol=1e-10)
+    np.testing.assert_allclose(c[0, 1], 0.0, atol=1e-10)
+    np.testing.assert_allclose([c[0, 3], c[1, 2]], 0.0, atol=1e-10)
 
 
 def test_canonical_correlations_recover_known_rho():
