@@ -656,9 +656,9 @@ def grouped_canonical_correlations(
     slot[kept] = np.arange(kept.size)
     sorted_group = group[order]
     take = slot[sorted_group] >= 0
-    means = np.zeros((groups, d))
-    np.add.at(means, group, z)
-    means /= np.maximum(counts, 1)[:, None]
+    onehot = np.zeros((z.shape[0], groups))
+    onehot[np.arange(z.shape[0]), group] = 1.0
+    means = (onehot.T @ z) / np.maximum(counts, 1)[:, None]  # (groups, D)
     padded = np.zeros((kept.size, width, d))
     within = np.arange(z.shape[0]) - starts[sorted_group]  # position of each sorted row in its group
     padded[slot[sorted_group[take]], within[take]] = z[order[take]] - means[sorted_group[take]]
@@ -754,25 +754,86 @@ def _ksg_among(u: np.ndarray, dx: int, ref: np.ndarray, k: int) -> float:
     return knn_statistics(sub, dx, np.arange(sub.shape[0]), k, quantize=True)[1]
 
 
+def ksg_among(u: np.ndarray, problems: Sequence[tuple[Sequence[int], Sequence[int]]], ref: np.ndarray, k: int) -> np.ndarray:
+    """KSG MI (P,) in nats of P problems on the rows `ref` of u (n, C), each (x columns, y columns) of u.
+
+    For each problem the same value as `_ksg_among` on its columns (rows of u[ref] as queries
+    and references, each query excluding itself, k neighbours, max-norm distances of the scores
+    rounded to 1 / QUANT_SCALE), but the per-column distances of the (m, m) search are computed
+    once and the P searches share one selection and one count: one pass instead of P, which is
+    what keeps the small searches of `nonlinear_statistics` from being dominated by per-call
+    overhead. Falls back to `_ksg_among` per problem when the scores are too large for int16.
+    """
+    ref = np.asarray(ref, dtype=np.int64)
+    sub = np.ascontiguousarray(u[ref])  # (m, C)
+    q = quantized_scores(sub)
+    m = ref.size
+    if q is None or m < 2 or not problems:
+        return np.array([_ksg_among(u[:, list(xs) + list(ys)], len(xs), ref, k) for xs, ys in problems])
+    k_eff = max(1, min(k, m - 1))
+    qt = torch.from_numpy(np.ascontiguousarray(q.T))  # (C, m) int16
+    diff = torch.sub(qt[:, :, None], qt[:, None, :]).abs_()  # (C, m, m) per-column distances, exact in int16
+    far = torch.iinfo(torch.int16).max
+    marg = torch.empty((2 * len(problems), m, m), dtype=torch.int16)  # (2 P, m, m): x then y distance per problem
+    for i, cols in enumerate(c for xs_ys in problems for c in xs_ys):
+        marg[i].copy_(diff[cols[0]])
+        for c in cols[1:]:
+            torch.maximum(marg[i], diff[c], out=marg[i])
+    marg.diagonal(dim1=1, dim2=2).fill_(far)  # a query never counts itself
+    joint = torch.maximum(marg[0::2], marg[1::2]).numpy().reshape(-1, m)  # (P m, m)
+    eps = _kth_smallest(joint, k_eff).reshape(len(problems), 1, m, 1)  # (P, 1, m, 1)
+    less = marg.numpy().reshape(len(problems), 2, m, m) < eps  # (P, 2, m, m)
+    counts = _count_rows(less.reshape(-1, m)).reshape(len(problems), 2, m)  # (P, 2, m): nx, ny
+    psi_n = digamma(m - 1 + 1.0)
+    u_ = psi_n - digamma(counts[:, 0] + 1.0)
+    v_ = psi_n - digamma(counts[:, 1] + 1.0)
+    return (digamma(k_eff) + u_ + v_ - psi_n).mean(axis=1)
+
+
+def _norm_scores(z: np.ndarray, dx: int) -> tuple[np.ndarray, float]:
+    """The two blocks' row norms of z (n, D), copula-transformed (n, 2), and the Gaussian MI (nats) of their ranks."""
+    norms = np.stack([np.sqrt((z[:, :dx] ** 2).sum(axis=1)), np.sqrt((z[:, dx:] ** 2).sum(axis=1))])
+    u = normal_scores(norms.T)  # (n, 2)
+    uc = u - u.mean(axis=0)
+    den = np.sqrt((uc * uc).sum(axis=0).prod())
+    rho = float((uc[:, 0] * uc[:, 1]).sum() / den) if den > 0 else 0.0
+    return u, float(-0.5 * np.log1p(-min(rho * rho, R_MAX)))
+
+
 def norm_statistics(z: np.ndarray, dx: int, ref: np.ndarray, k: int) -> np.ndarray:
     """Dependence of the two blocks' row norms (2,): [KSG MI of (|z_x|, |z_y|), Gaussian MI of their ranks].
 
     The norms are copula-transformed over all n rows (normal scores, ties averaged); the KSG
-    estimate (k neighbours) is taken among the reference rows `ref` alone (`_ksg_among`), the
+    estimate (k neighbours) is taken among the reference rows `ref` alone (`ksg_among`), the
     Gaussian MI -1/2 log(1 - rho^2) from the correlation rho of all rows. Nats. A radius shared
     by x and y (elliptical laws, heavy tails) shows here.
     """
     z = np.asarray(z, dtype=np.float64)
-    n = z.shape[0]
-    if n < 4:
+    if z.shape[0] < 4:
         return np.zeros(2)
-    norms = np.stack([np.sqrt((z[:, :dx] ** 2).sum(axis=1)), np.sqrt((z[:, dx:] ** 2).sum(axis=1))])
-    u = normal_scores(norms.T)  # (n, 2)
-    ksg = _ksg_among(u, 1, ref, k)
-    uc = u - u.mean(axis=0)
-    den = np.sqrt((uc * uc).sum(axis=0).prod())
-    rho = float((uc[:, 0] * uc[:, 1]).sum() / den) if den > 0 else 0.0
-    return np.array([ksg, -0.5 * np.log1p(-min(rho * rho, R_MAX))])
+    u, gauss = _norm_scores(z, dx)
+    return np.array([ksg_among(u, [([0], [1])], ref, k)[0], gauss])
+
+
+def _projected_scores(z: np.ndarray, dx: int, top: int) -> np.ndarray | None:
+    """Copula scores (n, 2 m) of the first m = min(top, ranks) canonical variates [x_1..x_m, y_1..y_m]
+    of z (n, D), or None when n < D + 4 or a block has rank 0 (`projected_ksg_statistics`)."""
+    n, d = z.shape
+    if n < d + 4 or not 0 < dx < d:
+        return None
+    px, py = canonical_variates(z[:, :dx], z[:, dx:], top)
+    if px.shape[1] == 0:
+        return None
+    p = np.concatenate([px, py], axis=1)
+    # unit-variance projections rounded to 1e-8: tied rows (discrete data) stay tied whatever
+    # the floating-point path of the SVD (row or coordinate order), so their ranks do too
+    p = np.round(p / np.maximum(p.std(axis=0), 1e-300), 8)
+    return normal_scores(p)
+
+
+def _projected_problems(m: int, offset: int = 0) -> list[tuple[list[int], list[int]]]:
+    """The two KSG problems of `projected_ksg_statistics` on scores [x_1..x_m, y_1..y_m] starting at column `offset`."""
+    return [(list(range(offset, offset + m)), list(range(offset + m, offset + 2 * m))), ([offset], [offset + m])]
 
 
 def projected_ksg_statistics(z: np.ndarray, dx: int, ref: np.ndarray, k: int, top: int = 4) -> np.ndarray:
@@ -780,26 +841,14 @@ def projected_ksg_statistics(z: np.ndarray, dx: int, ref: np.ndarray, k: int, to
 
     x and y are projected on their first m = min(`top`, dx, dy) canonical directions
     (`canonical_variates`, from all n rows), each projection is copula-transformed, and KSG
-    (k neighbours, among the reference rows `ref` alone: `_ksg_among`) is computed on the 2m
+    (k neighbours, among the reference rows `ref` alone: `ksg_among`) is computed on the 2m
     projected columns and on the first pair alone. Low-dimensional, so KSG saturates far less than on all D columns, and nonlinear
     (bent) dependence along the canonical directions still counts. Zeros when n < D + 4.
     """
-    z = np.asarray(z, dtype=np.float64)
-    n, d = z.shape
-    if n < d + 4 or not 0 < dx < d:
+    u = _projected_scores(np.asarray(z, dtype=np.float64), dx, top)
+    if u is None:
         return np.zeros(2)
-    px, py = canonical_variates(z[:, :dx], z[:, dx:], top)
-    m = px.shape[1]
-    if m == 0:
-        return np.zeros(2)
-    p = np.concatenate([px, py], axis=1)
-    # unit-variance projections rounded to 1e-8: tied rows (discrete data) stay tied whatever
-    # the floating-point path of the SVD (row or coordinate order), so their ranks do too
-    p = np.round(p / np.maximum(p.std(axis=0), 1e-300), 8)
-    u = normal_scores(p)
-    all_pairs = _ksg_among(u, m, ref, k)
-    first = _ksg_among(u[:, [0, m]], 1, ref, k)
-    return np.array([all_pairs, first])
+    return ksg_among(u, _projected_problems(u.shape[1] // 2), ref, k)
 
 
 def canonical_variates(zx: np.ndarray, zy: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
@@ -843,11 +892,28 @@ def nonlinear_statistics(z: np.ndarray, dx: int, ref: np.ndarray, config: "Model
     the order of rows or of the coordinates within a block. `ref`: the rows of z that the KSG
     statistics use. `prepare_batch` passes at most NONLINEAR_ROWS rows of a set as z (a
     `canonical_subset`, random in training) and at most NONLINEAR_KNN_ROWS of those as `ref`,
-    so the cost (~2-3 ms on one core) does not grow with n.
+    so the cost (about 2 ms on one core; `scripts/bench_model.py --set use_nonlinear_stats=true`)
+    does not grow with n. The three KSG problems of `norm_statistics` and `projected_ksg_statistics`
+    share one `ksg_among` pass (same values as calling those functions).
     """
-    k = config.knn_k
-    return np.concatenate([stratified_statistics(z, dx, config.strata), hermite_statistics(z, dx),
-                           norm_statistics(z, dx, ref, k), projected_ksg_statistics(z, dx, ref, k)])
+    z = np.asarray(z, dtype=np.float64)
+    out = np.concatenate([stratified_statistics(z, dx, config.strata), hermite_statistics(z, dx), np.zeros(4)])
+    # the three KSG problems of norm_statistics and projected_ksg_statistics in one `ksg_among` pass
+    scores, problems, slots = [], [], []
+    if z.shape[0] >= 4:
+        u, out[9] = _norm_scores(z, dx)
+        scores.append(u)
+        problems.append(([0], [1]))
+        slots.append(8)
+    proj = _projected_scores(z, dx, 4)
+    if proj is not None:
+        offset = 2 * len(scores)
+        scores.append(proj)
+        problems += _projected_problems(proj.shape[1] // 2, offset)
+        slots += [10, 11]
+    if problems:
+        out[slots] = ksg_among(np.concatenate(scores, axis=1), problems, ref, config.knn_k)
+    return out
 
 
 def set_statistics(r: np.ndarray | None, ksg_mean: float | None, n: int, dx: int, dy: int, cca_top: int) -> np.ndarray:
@@ -935,7 +1001,12 @@ def prepare_batch(
         stats = set_statistics(r, ksg, n, dx, dy, config.cca_top)
         if config.use_nonlinear_stats:
             zs = z[subset(NONLINEAR_ROWS, SUBSET_SEED + 2)]  # (n', D), n' <= NONLINEAR_ROWS
-            ref = canonical_subset(zs, dx, NONLINEAR_KNN_ROWS, rng=rng, seed=SUBSET_SEED + 3)
+            if canon is not None and canon.all_distinct and n > NONLINEAR_ROWS:
+                # zs holds distinct rows in ascending key order, so its own canonical order is the
+                # identity and `canonical_subset(zs, ...)` reduces to the fixed positions
+                ref = _fixed_positions(SUBSET_SEED + 3, NONLINEAR_ROWS, NONLINEAR_KNN_ROWS)
+            else:
+                ref = canonical_subset(zs, dx, NONLINEAR_KNN_ROWS, rng=rng, seed=SUBSET_SEED + 3)
             stats = np.concatenate([stats, nonlinear_statistics(zs, dx, ref, config)])
         cols = column_statistics(z, dx) if config.use_col_stats else None
         per_set.append((z, dx, dy, cell_idx, knn, stats, cols))

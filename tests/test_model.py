@@ -25,6 +25,11 @@ from model.network import (
 )
 from model.preprocess import (
     NONLINEAR_FEATURES,
+    NONLINEAR_KNN_ROWS,
+    NONLINEAR_ROWS,
+    SUBSET_SEED,
+    canonical_subset,
+    normal_scores,
     canonical_correlations,
     column_statistics,
     ksg_stats_slice,
@@ -400,6 +405,31 @@ def test_nonlinear_statistics_are_invariant(data):
         np.testing.assert_allclose(stats(a, b), ref, rtol=1e-5, atol=1e-5, err_msg=name)
     zx, zy = _scores(x), _scores(y)
     assert nonlinear_statistics(np.concatenate([zx, zy], axis=1), 3, np.arange(128), config).shape == (NONLINEAR_FEATURES,)
+
+
+@pytest.mark.parametrize("data", ["continuous", "discrete"])
+def test_nonlinear_statistics_are_their_parts_on_the_documented_rows(data):
+    """prepare_batch's 12 statistics == the four documented functions, called one by one, on the
+    canonical subset of NONLINEAR_ROWS rows with KSG among its canonical subset of
+    NONLINEAR_KNN_ROWS (the fused KSG pass and the shortcut for the reference rows change nothing)."""
+    rng = np.random.default_rng(8)
+    n = 3 * NONLINEAR_ROWS // 2
+    if data == "continuous":
+        x = rng.normal(size=(n, 3))
+        y = np.concatenate([np.sin(2 * x[:, :1]) + 0.3 * rng.normal(size=(n, 1)), rng.normal(size=(n, 2))], axis=1)
+    else:  # ties: the canonical order has tie groups, so the reference rows take the general path
+        x = rng.integers(0, 6, size=(n, 3)).astype(float)
+        y = np.concatenate([x[:, :1] + rng.integers(0, 3, size=(n, 1)), rng.integers(0, 5, size=(n, 2))], axis=1)
+    config = ModelConfig(use_nonlinear_stats=True, knn_rows=256)
+    got = prepare_batch([(x, y)], config).stats[0, -NONLINEAR_FEATURES:].double().numpy()
+    z = np.concatenate([normal_scores(x), normal_scores(y)], axis=1)
+    zs = z[canonical_subset(z, 3, NONLINEAR_ROWS, seed=SUBSET_SEED + 2)]
+    ref = canonical_subset(zs, 3, NONLINEAR_KNN_ROWS, seed=SUBSET_SEED + 3)
+    k = config.knn_k
+    want = np.concatenate([stratified_statistics(zs, 3, config.strata), hermite_statistics(zs, 3),
+                           norm_statistics(zs, 3, ref, k), projected_ksg_statistics(zs, 3, ref, k)])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(nonlinear_statistics(zs, 3, ref, config), want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("factor", [2, 3])

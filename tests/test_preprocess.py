@@ -21,6 +21,7 @@ from model.preprocess import (
     canonical_variates,
     grouped_canonical_correlations,
     knn_statistics,
+    ksg_among,
     normal_scores,
     prepare_batch,
     quantized_scores,
@@ -214,6 +215,27 @@ def test_quantized_knn_statistics_match_brute_force_on_the_rounded_scores(n, ref
     exact_feats, exact_mean = knn_statistics(z, 2, ref, 3)
     assert abs(mean - exact_mean) < 0.01  # rounding moves a few neighbours across eps, not the estimate
     assert np.mean(np.abs(feats[:, 0] - exact_feats[:, 0]) > 1e-9) < 0.2
+
+
+def test_ksg_among_matches_brute_force_ksg_on_each_problem():
+    """Several KSG problems on shared rows in one pass == a brute-force KSG per problem on the
+    reference rows alone (scores rounded to 1 / QUANT_SCALE, the int16 path's grid)."""
+    rng = np.random.default_rng(11)
+    a = rng.normal(size=(300, 5))
+    a[:, 2:] += np.tanh(2 * a[:, :2]).sum(axis=1, keepdims=True)  # dependence between the blocks
+    u = normal_scores(a)
+    ref = np.sort(rng.choice(300, 120, replace=False))
+    problems = [([0], [1]), ([0, 1], [2, 3, 4]), ([4], [2]), ([1, 3], [0])]
+    got = ksg_among(u, problems, ref, 3)
+    sub = np.rint(u[ref] * QUANT_SCALE) / QUANT_SCALE
+    want = [_ksg_brute(sub[:, xs + ys], len(xs), 3).mean() for xs, ys in problems]
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    assert got[1] > got[0] + 0.3  # the dependent blocks read clearly above the independent pair
+    heavy = rng.standard_t(2, size=(150, 3)) * 3  # |u| >= 4: the float32 fallback, one problem at a time
+    assert quantized_scores(heavy) is None
+    want = [_ksg_brute(heavy[:, xs + ys].astype(np.float32).astype(np.float64), len(xs), 3).mean()
+            for xs, ys in [([0], [1, 2]), ([2], [0])]]
+    np.testing.assert_allclose(ksg_among(heavy, [([0], [1, 2]), ([2], [0])], np.arange(150), 3), want, atol=1e-9)
 
 
 def test_quantized_knn_falls_back_to_float32_for_large_scores():
