@@ -784,10 +784,10 @@ def ksg_among(u: np.ndarray, problems: Sequence[tuple[Sequence[int], Sequence[in
     eps = _kth_smallest(joint, k_eff).reshape(len(problems), 1, m, 1)  # (P, 1, m, 1)
     less = marg.numpy().reshape(len(problems), 2, m, m) < eps  # (P, 2, m, m)
     counts = _count_rows(less.reshape(-1, m)).reshape(len(problems), 2, m)  # (P, 2, m): nx, ny
-    psi_n = digamma(m - 1 + 1.0)
-    u_ = psi_n - digamma(counts[:, 0] + 1.0)
-    v_ = psi_n - digamma(counts[:, 1] + 1.0)
-    return (digamma(k_eff) + u_ + v_ - psi_n).mean(axis=1)
+    psi_n = digamma(float(m))  # N = the m - 1 other reference rows + 1, as in knn_statistics
+    term_x = psi_n - digamma(counts[:, 0] + 1.0)  # (P, m)
+    term_y = psi_n - digamma(counts[:, 1] + 1.0)
+    return (digamma(k_eff) + term_x + term_y - psi_n).mean(axis=1)
 
 
 def _norm_scores(z: np.ndarray, dx: int) -> tuple[np.ndarray, float]:
