@@ -893,8 +893,9 @@ def nonlinear_statistics(z: np.ndarray, dx: int, ref: np.ndarray, config: "Model
     statistics use. `prepare_batch` passes at most NONLINEAR_ROWS rows of a set as z (a
     `canonical_subset`, random in training) and at most NONLINEAR_KNN_ROWS of those as `ref`,
     so the cost (2-4 ms on one core, by machine; `scripts/bench_model.py --set use_nonlinear_stats=true`
-    against the same command without it) does not grow with n. The three KSG problems of `norm_statistics` and `projected_ksg_statistics`
-    share one `ksg_among` pass (same values as calling those functions).
+    against the same command without it) does not grow with n. The three KSG problems of
+    `norm_statistics` and `projected_ksg_statistics` share one `ksg_among` pass (same values as
+    calling those functions).
     """
     z = np.asarray(z, dtype=np.float64)
     out = np.concatenate([stratified_statistics(z, dx, config.strata), hermite_statistics(z, dx), np.zeros(4)])
