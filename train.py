@@ -279,10 +279,11 @@ def build_model(cfg: TrainConfig, init_from: str | None):
     on the per-column dependence features (``use_col_stats``: their embedding starts at zero,
     model.network.add_column_statistics) and the nonlinear-dependence statistics
     (``use_nonlinear_stats``: the head reads them with zero weights at first,
-    model.network.add_nonlinear_statistics), and widen it (a larger ``dim``, a multiple of the
+    model.network.add_nonlinear_statistics) and the raw values' Gaussian-MI statistics
+    (``use_raw_stats``, likewise, model.network.add_raw_statistics), and widen it (a larger ``dim``, a multiple of the
     checkpoint's: the same function at first, model.network.widen); other fields are ignored."""
     from model.network import (INPUT_SWITCHES, MIEstimator, add_cell_layers, add_column_statistics, add_row_layers,
-                               add_nonlinear_statistics, switch_inputs, widen)
+                               add_nonlinear_statistics, add_raw_statistics, switch_inputs, widen)
 
     if init_from is None:
         return MIEstimator(cfg.model_config()), None
@@ -295,9 +296,11 @@ def build_model(cfg: TrainConfig, init_from: str | None):
     more_cells = differ.get("cell_layers", 0) > model.config.cell_layers
     col_stats = bool(differ.get("use_col_stats", False))
     nonlinear = bool(differ.get("use_nonlinear_stats", False))
+    raw = bool(differ.get("use_raw_stats", False))
     wider = differ.get("dim", 0) > model.config.dim
     grown = {k for k, more in (("row_layers", deeper), ("cell_layers", more_cells), ("use_col_stats", col_stats),
-                               ("use_nonlinear_stats", nonlinear), ("strata", nonlinear), ("dim", wider)) if more}
+                               ("use_nonlinear_stats", nonlinear), ("strata", nonlinear), ("use_raw_stats", raw),
+                               ("dim", wider)) if more}
     ignored = {k: v for k, v in differ.items() if k not in INPUT_SWITCHES and k not in grown}
     if ignored:
         print(f"train.py: note: --init-from keeps the checkpoint's architecture; ignoring {ignored}", file=sys.stderr)
@@ -320,6 +323,10 @@ def build_model(cfg: TrainConfig, init_from: str | None):
         print("train.py: note: --init-from with the nonlinear-dependence statistics turned on "
               "(the head reads them with zero weights at first)", file=sys.stderr)
         model = add_nonlinear_statistics(model, int(cfg.model.get("strata", model.config.strata)))
+    if raw:
+        print("train.py: note: --init-from with the raw values' Gaussian-MI statistics turned on "
+              "(the head reads them with zero weights at first)", file=sys.stderr)
+        model = add_raw_statistics(model)
     if wider:
         narrow = model.config.dim
         try:

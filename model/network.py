@@ -29,7 +29,8 @@ Architecture (invariances hold exactly, by construction):
    only through symmetric functions (px + py, px * py, |px - py|) with the row's kNN
    features -> one token per row; ISAB layers over rows (linear in n); PMA pooling.
 4. Head: [pooled vector, symmetric column-context summary, set statistics (with
-   ``use_nonlinear_stats`` also nonlinear-dependence statistics)] -> MLP ->
+   ``use_nonlinear_stats`` also nonlinear-dependence statistics, with ``use_raw_stats`` the
+   Gaussian MI of the raw values' canonical correlations)] -> MLP ->
    first quantile softplus, each next = previous + softplus (non-crossing, >= 0).
 
 Padded rows and columns never change any output (attention masks, masked means).
@@ -44,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.blocks import ISAB, PMA, SAB
-from model.preprocess import COL_FEATURES, KNN_FEATURES, Batch, ksg_stats_slice, stats_dim
+from model.preprocess import COL_FEATURES, KNN_FEATURES, Batch, ksg_stats_slice, stats_dim, stats_layout
 
 DEFAULT_LEVELS = (0.01, 0.025, 0.05) + tuple(round(0.1 + 0.05 * i, 2) for i in range(17)) + (0.95, 0.975, 0.99)
 
@@ -71,6 +72,7 @@ class ModelConfig:
     knn_quantize: bool = False  # kNN distances on scores rounded to 1/4096, in int16: ~2x faster (False: exact float32)
     use_col_stats: bool = False  # per-column dependence features in the column context (False: older checkpoints)
     use_nonlinear_stats: bool = False  # nonlinear-dependence set statistics for the head (False: older checkpoints)
+    use_raw_stats: bool = False  # Gaussian MI of the raw values' canonical correlations for the head (False: older checkpoints)
     strata: int = 8  # at most this many strata of the row norms in them (fewer when n < 2 strata (dx + dy))
     quantile_levels: tuple[float, ...] = field(default=DEFAULT_LEVELS)  # fixed output grid, increasing in (0, 1)
 
@@ -325,24 +327,49 @@ def add_column_statistics(model: MIEstimator) -> MIEstimator:
     return _rebuilt(model, dataclasses.replace(model.config, use_col_stats=True), strict=False).train(model.training)
 
 
-def add_nonlinear_statistics(model: MIEstimator, strata: int | None = None) -> MIEstimator:
-    """`model` with the nonlinear-dependence set statistics (``use_nonlinear_stats``) on, same function.
-
-    The statistics are appended to the head's input (`model.preprocess.nonlinear_statistics`);
-    the head's first layer gets zero weights for them, so every output is unchanged until
-    training learns to read them. `strata`: at most this many strata (default: the config's).
-    """
-    if model.config.use_nonlinear_stats:
-        return model
-    config = dataclasses.replace(model.config, use_nonlinear_stats=True, strata=strata or model.config.strata)
+def _with_more_statistics(model: MIEstimator, config: ModelConfig) -> MIEstimator:
+    """A model for `config` (the same but for more blocks of set statistics, `stats_layout`) computing
+    `model`'s function: the head's first layer reads each old block with its old weights and each new
+    block with zero weights, wherever in the vector the new block sits."""
     ref = next(model.parameters())
     new = MIEstimator(config).to(device=ref.device, dtype=ref.dtype)
     state = model.state_dict()
-    w = state["head.0.weight"]  # (head_hidden, 3 dim + S_old): the new statistics are the last columns
-    extra = stats_dim(config) - stats_dim(model.config)
-    state["head.0.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra)], dim=1)
+    w = state["head.0.weight"]  # (head_hidden, 3 dim + S_old): [pooled and context summaries, statistics]
+    start = 3 * model.config.dim
+    old_blocks, pos = {}, start
+    for name, size in stats_layout(model.config):
+        old_blocks[name] = w[:, pos:pos + size]
+        pos += size
+    parts = [w[:, :start]]
+    for name, size in stats_layout(config):
+        parts.append(old_blocks.get(name, w.new_zeros(w.shape[0], size)))
+    state["head.0.weight"] = torch.cat(parts, dim=1)
     new.load_state_dict(state, strict=True)
     return new.train(model.training)
+
+
+def add_nonlinear_statistics(model: MIEstimator, strata: int | None = None) -> MIEstimator:
+    """`model` with the nonlinear-dependence set statistics (``use_nonlinear_stats``) on, same function.
+
+    The statistics join the head's input (`model.preprocess.nonlinear_statistics`); the head's
+    first layer gets zero weights for them, so every output is unchanged until training learns
+    to read them. `strata`: at most this many strata (default: the config's).
+    """
+    if model.config.use_nonlinear_stats:
+        return model
+    return _with_more_statistics(
+        model, dataclasses.replace(model.config, use_nonlinear_stats=True, strata=strata or model.config.strata))
+
+
+def add_raw_statistics(model: MIEstimator) -> MIEstimator:
+    """`model` with the raw values' Gaussian-MI statistics (``use_raw_stats``) on, same function.
+
+    The statistics join the head's input (`model.preprocess.raw_statistics`) with zero weights in
+    its first layer, so every output is unchanged until training learns to read them.
+    """
+    if model.config.use_raw_stats:
+        return model
+    return _with_more_statistics(model, dataclasses.replace(model.config, use_raw_stats=True))
 
 
 def widen(model: MIEstimator, dim: int, seed: int = 0) -> MIEstimator:
@@ -413,4 +440,4 @@ def widen(model: MIEstimator, dim: int, seed: int = 0) -> MIEstimator:
 
 
 __all__ = ["ModelConfig", "MIEstimator", "DEFAULT_LEVELS", "INPUT_SWITCHES", "add_cell_layers", "add_column_statistics",
-           "add_row_layers", "add_nonlinear_statistics", "switch_inputs", "widen"]
+           "add_row_layers", "add_nonlinear_statistics", "add_raw_statistics", "switch_inputs", "widen"]

@@ -15,7 +15,8 @@ gradients:
 - swap-symmetric set statistics for the head (Gaussian-copula MI from the canonical
   correlations, top canonical pairs, mean KSG estimate, log n, dimension features;
   with ``config.use_nonlinear_stats`` also statistics of nonlinear dependence,
-  `nonlinear_statistics`).
+  `nonlinear_statistics`; with ``config.use_raw_stats`` the Gaussian MI of the raw values'
+  canonical correlations, `raw_statistics`).
 
 Layout of a padded batch: columns ``[0, DX)`` hold x (``dx_i`` valid), columns
 ``[DX, DX + DY)`` hold y (``dy_i`` valid), where DX, DY are the batch maxima. The
@@ -57,6 +58,9 @@ NONLINEAR_ROWS = 512
 
 NONLINEAR_KNN_ROWS = 256
 """Rows (at most, among those NONLINEAR_ROWS) of the KSG statistics inside `nonlinear_statistics`."""
+
+RAW_CLIP = 8.0
+"""`robust_standardize` clips robustly scaled raw values to [-RAW_CLIP, RAW_CLIP]."""
 
 SUBSET_SEED = 20240917
 """Fixed seed of the deterministic (inference) row subsets."""
@@ -101,9 +105,23 @@ class Batch:
         return Batch(**moved)
 
 
+def stats_layout(config: "ModelConfig") -> list[tuple[str, int]]:
+    """The blocks of the set-statistics vector for `config`, in order: (name, length).
+
+    "base" (`set_statistics`), then "nonlinear" (`nonlinear_statistics`) and "raw"
+    (`raw_statistics`) when their switches are on.
+    """
+    layout = [("base", 1 + config.cca_top + 2 + 5)]
+    if config.use_nonlinear_stats:
+        layout.append(("nonlinear", NONLINEAR_FEATURES))
+    if config.use_raw_stats:
+        layout.append(("raw", 1 + config.cca_top))
+    return layout
+
+
 def stats_dim(config: "ModelConfig") -> int:
     """Length S of the set-statistics vector for `config`."""
-    return 1 + config.cca_top + 2 + 5 + (NONLINEAR_FEATURES if config.use_nonlinear_stats else 0)
+    return sum(size for _, size in stats_layout(config))
 
 
 def ksg_stats_slice(config: "ModelConfig") -> slice:
@@ -179,6 +197,28 @@ def standardize(a: np.ndarray) -> np.ndarray:
     ok = std > 0
     out = np.zeros_like(centered)
     out[:, ok] = centered[:, ok] / std[ok]
+    return out
+
+
+def robust_standardize(a: np.ndarray) -> np.ndarray:
+    """(n, d) -> (n, d) float64: each column minus its median, over 1.4826 times its median absolute
+    deviation (the standard deviation where that is 0; constant columns -> zeros), clipped to
+    [-RAW_CLIP, RAW_CLIP].
+
+    For Gaussian columns this is standardization (the scale estimates the standard deviation) and
+    the clip is never reached at practical n; a few extreme values (heavy tails, outliers) cannot
+    dominate the correlations of the rest.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 1:
+        a = a[:, None]
+    centered = a - np.median(a, axis=0)
+    scale = 1.4826 * np.median(np.abs(centered), axis=0)
+    flat = scale <= 0
+    scale[flat] = centered[:, flat].std(axis=0)
+    ok = scale > 0
+    out = np.zeros_like(centered)
+    out[:, ok] = np.clip(centered[:, ok] / scale[ok], -RAW_CLIP, RAW_CLIP)
     return out
 
 
@@ -943,6 +983,26 @@ def set_statistics(r: np.ndarray | None, ksg_mean: float | None, n: int, dx: int
     )
 
 
+def raw_statistics(x: np.ndarray, y: np.ndarray, cca_top: int) -> np.ndarray:
+    """Gaussian MI of the canonical correlations of the raw values, (1 + cca_top,) in log1p nats.
+
+    [log1p(-1/2 sum log(1 - r_k^2)), log1p of the top-`cca_top` pair terms (0-padded)], with r_k
+    the canonical correlations of `robust_standardize`d x (n, dx) and y (n, dy), each clipped to
+    R_MAX as in `set_statistics`. Ranks (the copula scores) cannot show a correlation closer to 1
+    than about 1 - 1/n^2 allows, so near-deterministic linear relations read as a few nats there;
+    on the raw values they read as what they are (DESIGN.md: a learned estimator can exceed
+    log n where the sample shows the structure). Not invariant to monotone maps of the
+    coordinates, unlike every other input: the head also has the copula statistics and learns
+    when the two disagree. Symmetric in x and y and invariant to the order of rows and of the
+    coordinates within a block.
+    """
+    pair = _gaussian_pair_mis(canonical_correlations(robust_standardize(x), robust_standardize(y)))
+    top = np.zeros(cca_top)
+    m = min(cca_top, pair.size)
+    top[:m] = np.sort(pair)[::-1][:m]
+    return np.log1p(np.concatenate([[pair.sum()], top]))
+
+
 def _as_2d(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     return a[:, None] if a.ndim == 1 else a
@@ -1009,6 +1069,8 @@ def prepare_batch(
             else:
                 ref = canonical_subset(zs, dx, NONLINEAR_KNN_ROWS, rng=rng, seed=SUBSET_SEED + 3)
             stats = np.concatenate([stats, nonlinear_statistics(zs, dx, ref, config)])
+        if config.use_raw_stats:
+            stats = np.concatenate([stats, raw_statistics(x, y, config.cca_top)])
         cols = column_statistics(z, dx) if config.use_col_stats else None
         per_set.append((z, dx, dy, cell_idx, knn, stats, cols))
 

@@ -20,6 +20,7 @@ from model.network import (
     add_column_statistics,
     add_row_layers,
     add_nonlinear_statistics,
+    add_raw_statistics,
     switch_inputs,
     widen,
 )
@@ -27,6 +28,7 @@ from model.preprocess import (
     NONLINEAR_FEATURES,
     NONLINEAR_KNN_ROWS,
     NONLINEAR_ROWS,
+    RAW_CLIP,
     SUBSET_SEED,
     canonical_subset,
     normal_scores,
@@ -39,6 +41,9 @@ from model.preprocess import (
     nonlinear_statistics,
     norm_statistics,
     projected_ksg_statistics,
+    raw_statistics,
+    robust_standardize,
+    stats_dim,
     stratified_statistics,
 )
 from model.quantiles import (
@@ -78,8 +83,9 @@ def _pair(n, dx, dy, seed=0):
     return x, y
 
 
-@pytest.fixture(scope="module", params=[{}, dict(use_col_stats=True), dict(use_nonlinear_stats=True)],
-                ids=["plain", "col_stats", "strata"])
+@pytest.fixture(scope="module", params=[{}, dict(use_col_stats=True), dict(use_nonlinear_stats=True),
+                                        dict(use_raw_stats=True)],
+                ids=["plain", "col_stats", "strata", "raw_stats"])
 def model(request):
     return _model(**request.param)
 
@@ -122,9 +128,9 @@ def test_padding_never_changes_the_output(model):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, dict(use_col_stats=True), dict(use_nonlinear_stats=True),
+    [{}, dict(use_col_stats=True), dict(use_nonlinear_stats=True), dict(use_raw_stats=True),
      dict(use_cca=False, use_knn=False, input_transform="standardize")],
-    ids=["default", "col_stats", "strata", "ablation"],
+    ids=["default", "col_stats", "strata", "raw_stats", "ablation"],
 )
 def test_padding_invariance_in_float32(options):
     model = _model(**options).float()
@@ -184,7 +190,8 @@ def test_config_round_trip_and_unknown_keys():
         ModelConfig(quantile_levels=(0.5, 0.4))
 
 
-@pytest.mark.parametrize("options", [{}, dict(use_col_stats=True, use_nonlinear_stats=True)], ids=["plain", "all_inputs"])
+@pytest.mark.parametrize("options", [{}, dict(use_col_stats=True, use_nonlinear_stats=True, use_raw_stats=True)],
+                         ids=["plain", "all_inputs"])
 def test_gradients_reach_every_parameter(options):
     model = _model(**options).float().train()
     sets = [_pair(50, 2, 3, s) for s in range(3)]
@@ -283,6 +290,88 @@ def test_turning_nonlinear_statistics_on_starts_from_the_same_function_and_then_
     assert add_nonlinear_statistics(new) is new
     with pytest.raises(ValueError, match="strata must be >= 2"):
         ModelConfig(use_nonlinear_stats=True, strata=1)
+
+
+@pytest.mark.parametrize("nonlinear_first", [False, True])
+def test_turning_raw_statistics_on_starts_from_the_same_function_and_then_learns(nonlinear_first):
+    """In either order with the nonlinear statistics: each block of the head's input keeps its weights
+    wherever the new block lands in the statistics vector."""
+    old = _model(cell_layers=0, use_nonlinear_stats=nonlinear_first)
+    with torch.no_grad():  # a head that really reads the old statistics, so a misplaced block would show
+        old.head[0].weight.normal_(0.0, 0.3)
+    new = add_raw_statistics(old)
+    if not nonlinear_first:
+        new = add_nonlinear_statistics(new, strata=old.config.strata)
+    assert new.config.use_raw_stats and new.config.use_nonlinear_stats
+    sets = _same_function_then_backward(old, new)
+    raw = 1 + new.config.cca_top
+    stats = prepare_batch(sets, new.config).stats
+    assert stats.shape[1] == stats_dim(new.config) == prepare_batch(sets, old.config).stats.shape[1] + raw + (
+        0 if nonlinear_first else NONLINEAR_FEATURES)
+    assert stats[0, -raw:].abs().sum() > 0                 # real inputs, last in the vector ...
+    assert new.head[0].weight.grad[:, -raw:].abs().sum() > 0  # ... read by zero weights that now get gradients
+    assert add_raw_statistics(new) is new
+
+
+def _gaussian_mi_reference(x: np.ndarray, y: np.ndarray) -> float:
+    """-1/2 log(det C_xx det C_yy / det C) of the sample covariance: the Gaussian MI written without
+    canonical correlations (an independent formula for the same quantity)."""
+    c = np.cov(np.concatenate([x, y], axis=1), rowvar=False)
+    d = x.shape[1]
+    return 0.5 * (np.linalg.slogdet(c[:d, :d])[1] + np.linalg.slogdet(c[d:, d:])[1] - np.linalg.slogdet(c)[1])
+
+
+def test_raw_statistics_read_near_deterministic_linear_relations_that_ranks_cannot():
+    rng = np.random.default_rng(11)
+    n, noise = 1000, 1e-3
+    x = rng.normal(size=(n, 3))
+    a = np.array([[1.0, 0.5], [-0.3, 2.0]])
+    y = x[:, :2] @ a + noise * rng.normal(size=(n, 2))
+    # I(X; Y) = 1/2 log det(Cov Y) / det(Cov noise), Cov Y = A^T A + noise^2 I: about 14.6 nats
+    true_mi = 0.5 * (np.linalg.slogdet(a.T @ a + noise**2 * np.eye(2))[1] - 2 * np.log(noise**2))
+    stats = raw_statistics(x, y, cca_top=4)
+    assert stats.shape == (5,)
+    raw_mi = np.expm1(stats[0])
+    assert raw_mi == pytest.approx(_gaussian_mi_reference(x, y), rel=1e-6)  # same quantity, other formula
+    assert raw_mi == pytest.approx(true_mi, abs=0.1)
+    np.testing.assert_allclose(np.expm1(stats[1:3]).sum(), raw_mi, rtol=1e-9)  # two pairs carry it all
+    assert not stats[3:].any()                                                  # the rest is 0-padding
+    zx, zy = normal_scores(x), normal_scores(y)
+    copula_mi = -0.5 * np.log1p(-canonical_correlations(zx, zy) ** 2).sum()
+    assert copula_mi < true_mi - 1.5                        # ranks lose nats here; the raw values do not
+
+
+def test_raw_statistics_are_invariant_and_robust_to_outliers():
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(400, 3))
+    y = np.concatenate([0.8 * x[:, :1] + 0.6 * rng.normal(size=(400, 1)), rng.normal(size=(400, 1))], axis=1)
+    ref = raw_statistics(x, y, 3)
+    assert np.expm1(ref[0]) == pytest.approx(_gaussian_mi_reference(x, y), rel=0.02)  # clip never reached here
+    rows = rng.permutation(400)
+    variants = {"rows": (x[rows], y[rows]), "x coords": (x[:, [2, 0, 1]], y), "y coords": (x, y[:, ::-1]),
+                "swap": (y, x), "affine": (3 * x - 7, -0.01 * y + 2)}
+    for name, (a, b) in variants.items():
+        np.testing.assert_allclose(raw_statistics(a, b, 3), ref, rtol=1e-9, atol=1e-9, err_msg=name)
+    # one wild row in both blocks would make the plain Pearson correlation near 1 (many nats) ...
+    xo, yo = x.copy(), y.copy()
+    xo[0], yo[0] = 1e6, 1e6
+    plain = -0.5 * np.log1p(-canonical_correlations(xo - xo.mean(0), yo - yo.mean(0)) ** 2).sum()
+    assert plain > 3
+    # ... but after the robust scaling it is one clipped row of 400
+    assert np.expm1(raw_statistics(xo, yo, 3)[0]) == pytest.approx(np.expm1(ref[0]), abs=0.1)
+
+
+def test_robust_standardize():
+    rng = np.random.default_rng(13)
+    a = rng.normal(loc=5.0, scale=3.0, size=(20000, 1))
+    z = robust_standardize(a)[:, 0]
+    assert abs(np.median(z)) < 1e-12 and z.std() == pytest.approx(1.0, abs=0.03)   # MAD estimates sigma
+    b = np.concatenate([np.zeros(80), rng.normal(size=20)])[:, None]                # MAD = 0: the std instead
+    np.testing.assert_allclose(robust_standardize(b)[:, 0], b[:, 0] / b[:, 0].std(), rtol=1e-12)
+    c = np.concatenate([rng.normal(size=(99, 1)), [[1e9]]])
+    assert robust_standardize(c).max() == RAW_CLIP
+    assert not robust_standardize(np.full((10, 2), 4.0)).any()                      # constant columns
+    assert robust_standardize(np.arange(5.0)).shape == (5, 1)
 
 
 def _scores(a: np.ndarray) -> np.ndarray:

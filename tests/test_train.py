@@ -460,17 +460,19 @@ def test_end_to_end_loss_falls_and_checkpoint_loads(stores, tmp_path):
                                               "steps_before": meta["info"]["step"]}
     third = tmp_path / "third"
     # ... and may change the input switches (here: drop the kNN statistics), add row and
-    # cell layers and the nonlinear-dependence statistics, nothing else of the architecture
+    # cell layers and the nonlinear-dependence and raw-value statistics, nothing else of the architecture
     assert train_here(third, stores, "--init-from", str(again / "last.safetensors"), "--steps", "1",
                       "--eval_every", "1", "--model.use_knn", "false",
                       "--model.row_layers", str(best.config.row_layers + 1),
-                      "--model.cell_layers", str(best.config.cell_layers + 1), "--model.use_nonlinear_stats", "true") == 0
+                      "--model.cell_layers", str(best.config.cell_layers + 1), "--model.use_nonlinear_stats", "true",
+                      "--model.use_raw_stats", "true") == 0
     third_model, third_meta = load_checkpoint(third / "last.safetensors")
     assert third_meta["info"]["init_from"]["steps_before"] == meta["info"]["step"] + 2
     assert not third_model.config.use_knn and third_model.config.dim == best.config.dim
     assert third_model.config.row_layers == best.config.row_layers + 1
     assert third_model.config.cell_layers == best.config.cell_layers + 1
     assert third_model.config.use_nonlinear_stats and not best.config.use_nonlinear_stats
+    assert third_model.config.use_raw_stats and not best.config.use_raw_stats
     # ... and widen it (a multiple of its dim: model.network.widen); any other dim is an error
     wide = tmp_path / "wide"
     assert train_here(wide, stores, "--init-from", str(out / "best.safetensors"), "--steps", "1",

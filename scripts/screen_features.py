@@ -1,0 +1,205 @@
+"""Screen candidate set statistics for the network before paying for a training run.
+
+    python scripts/screen_features.py --checkpoint data/default.safetensors \
+        --fit $S/val-id --fit $S/val-bench-id --fit $S/calib \
+        --score $S/val-ood --score $S/val-bench-ood --work /tmp/screen
+
+A trained network already reads what its inputs show; a new statistic is worth a training
+run only if it tells something the network's answer does not. This script measures that
+cheaply: a small corrector (an MLP, L1 loss on MI in nats, an ensemble of seeds) learns to
+move the network's uncalibrated median (in log1p space) from the network's own quantiles and
+the set statistics it already has ("base"), and the same corrector learns it again with a
+candidate group of statistics added. Fitted on the in-distribution `--fit` stores only,
+it is scored by 5-fold cross-validation there and on the `--score` stores (held-out
+family x transform pairs). The gap between "base" and "base + candidate" is what the
+candidate adds beyond the network's answer; "base" itself shows how much a refit of the
+median alone moves the error (not a property of the candidate).
+
+Candidate groups (all swap-symmetric and invariant to row order):
+- ``multik``: KSG (max-norm) on the copula scores at k = 1, 2, 4, 8, 16, 32 against at most
+  1,024 reference rows: how the estimate changes with the scale of the neighbourhoods
+  (strong dependence concentrates the joint near a thinner set, which small k sees first);
+- ``raw``: the Gaussian MI of the canonical correlations of the standardized raw values
+  (not ranks: ranks cap the readable correlation near 1 - O(1/n^2)) and KSG (k = 3) on
+  them; ``raw_gc`` and ``raw_ksg`` are its two parts alone.
+
+``--set base+multik+raw`` (repeat) names the feature sets to compare. Network outputs and statistics are cached under ``--work`` per store. Prints one table of
+MAE (nats) per feature set and store, and writes them as JSON with ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import infer  # noqa: E402
+from eval.metrics import mi_bin  # noqa: E402
+from metagen.store import open_store  # noqa: E402
+from model.checkpoint import load_checkpoint  # noqa: E402
+from model.preprocess import (_gaussian_pair_mis, canonical_correlations, knn_statistics,  # noqa: E402
+                              normal_scores, standardize)
+from model.quantiles import interpolate_quantiles  # noqa: E402
+from scripts.calibration_study import raw_grid  # noqa: E402
+
+MULTI_K = (1, 2, 4, 8, 16, 32)
+REF_ROWS = 1024
+BASE_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
+# candidate groups: name -> (cached array, its columns)
+GROUPS = {"multik": ("multik", slice(None)), "raw": ("raw", slice(None)),
+          "raw_gc": ("raw", slice(0, 1)), "raw_ksg": ("raw", slice(1, 2))}
+DEFAULT_SETS = ("base", "base+multik", "base+raw", "base+multik+raw")
+
+
+def set_features(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """Base and candidate statistics of one set x (n, dx), y (n, dy): {group: (F,)}; MIs in nats."""
+    n, dx, dy = x.shape[0], x.shape[1], y.shape[1]
+    zx, zy = normal_scores(x), normal_scores(y)
+    z = np.concatenate([zx, zy], axis=1)
+    ref = np.arange(n) if n <= REF_ROWS else np.sort(np.random.default_rng(0).choice(n, REF_ROWS, replace=False))
+    gc = float(_gaussian_pair_mis(canonical_correlations(zx, zy)).sum())
+    ldx, ldy = np.log(dx), np.log(dy)
+    base = [np.log(n), ldx + ldy, abs(ldx - ldy), np.log(n / (dx + dy)), np.log1p(gc),
+            knn_statistics(z, dx, ref, 3, quantize=True)[1]]
+    multik = [knn_statistics(z, dx, ref, k, quantize=True)[1] for k in MULTI_K]
+    sx, sy = standardize(x), standardize(y)
+    raw_gc = float(_gaussian_pair_mis(canonical_correlations(sx, sy)).sum())
+    raw_ksg = knn_statistics(np.concatenate([sx, sy], axis=1), dx, ref, 3)[1]
+    return {"base": np.array(base), "multik": np.array(multik), "raw": np.array([np.log1p(raw_gc), raw_ksg])}
+
+
+def store_table(checkpoint: Path, store_path: str, work: Path) -> dict[str, np.ndarray]:
+    """Per set of a store: the network's raw quantiles at BASE_LEVELS (N, 5) in log1p nats, truth t (N,),
+    and each feature group (N, F); cached under `work`."""
+    cache = work / f"features-{Path(store_path).name}.npz"
+    model, meta = load_checkpoint(checkpoint)
+    pred = raw_grid(checkpoint, store_path, work)
+    levels = np.asarray(model.config.quantile_levels, dtype=np.float64)
+    quant = interpolate_quantiles(levels, pred["grid"], np.asarray(BASE_LEVELS))
+    if cache.is_file():
+        feats = dict(np.load(cache))
+    else:
+        store, limits = open_store(store_path), dict(meta["limits"])
+        rows: dict[str, list] = {}
+        for i in range(len(store)):
+            x, y = store.get(i)
+            x, y = infer._check_range(x.astype(np.float64), y.astype(np.float64), limits, "ignore", "auto")
+            for k, v in set_features(x, y).items():
+                rows.setdefault(k, []).append(v)
+            if i % 200 == 0:
+                print(f"  {Path(store_path).name}: {i}/{len(store)}", flush=True)
+        feats = {k: np.stack(v) for k, v in rows.items()}
+        np.savez(cache, **feats)
+    return {"quant": quant, "t": pred["t"], **feats}
+
+
+def _inputs(table: dict[str, np.ndarray], groups: list[str]) -> np.ndarray:
+    return np.concatenate([table["quant"], table["base"]] + [table[GROUPS[g][0]][:, GROUPS[g][1]] for g in groups],
+                          axis=1)
+
+
+def _feature_set(text: str) -> list[str]:
+    groups = text.split("+")
+    if groups[0] != "base" or any(g not in GROUPS for g in groups[1:]):
+        raise argparse.ArgumentTypeError(f"{text!r}: base, then +group with groups from {sorted(GROUPS)}")
+    return groups[1:]
+
+
+def fit_corrector(f: np.ndarray, med: np.ndarray, t: np.ndarray, seeds: int = 5, steps: int = 1500) -> list:
+    """An ensemble of MLPs (F -> 1) moving the median `med` (N,) in log1p space so that expm1 of it has the
+    least absolute error against expm1(t) (N,); features f (N, F) standardized inside."""
+    mean, std = f.mean(0), f.std(0) + 1e-8
+    x = torch.tensor((f - mean) / std, dtype=torch.float32)
+    m0, mi = torch.tensor(med, dtype=torch.float32), torch.tensor(np.expm1(t), dtype=torch.float32)
+    nets = []
+    for s in range(seeds):
+        torch.manual_seed(s)
+        net = torch.nn.Sequential(torch.nn.Linear(f.shape[1], 64), torch.nn.GELU(), torch.nn.Linear(64, 64),
+                                  torch.nn.GELU(), torch.nn.Linear(64, 1))
+        opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-3)
+        for _ in range(steps):
+            shift = 3 * torch.tanh(net(x)[:, 0] / 3)
+            loss = (torch.expm1(m0 + shift) - mi).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        nets.append(net)
+    return [mean, std, nets]
+
+
+def corrected_errors(model: list, f: np.ndarray, med: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Absolute errors (N,) in nats of the corrected medians."""
+    mean, std, nets = model
+    x = torch.tensor((f - mean) / std, dtype=torch.float32)
+    with torch.no_grad():
+        shift = np.mean([(3 * torch.tanh(n(x)[:, 0] / 3)).numpy() for n in nets], axis=0)
+    return np.abs(np.expm1(med + shift) - np.expm1(t))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--fit", action="append", required=True, help="in-distribution store to fit on (repeat)")
+    p.add_argument("--score", action="append", required=True, help="store to score on (repeat)")
+    p.add_argument("--work", required=True, help="cache folder")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--set", action="append", type=_feature_set, dest="sets",
+                   help=f"feature set, e.g. base+raw (repeat; default: {', '.join(DEFAULT_SETS)})")
+    p.add_argument("--out", help="write the table as JSON")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    fit = [store_table(Path(args.checkpoint), s, work) for s in args.fit]
+    fit = {k: np.concatenate([t[k] for t in fit]) for k in fit[0]}
+    score = {Path(s).name: store_table(Path(args.checkpoint), s, work) for s in args.score}
+    mid = BASE_LEVELS.index(0.5)
+    folds = np.random.default_rng(0).permutation(len(fit["t"])) % 5
+    sets = args.sets or [_feature_set(text) for text in DEFAULT_SETS]
+    bins = np.array([mi_bin(float(v)) for v in np.expm1(fit["t"])])
+    order = list(dict.fromkeys(bins[np.argsort(fit["t"], kind="stable")]))
+
+    def per_bin(err: np.ndarray) -> dict[str, float]:
+        return {b: float(err[bins == b].mean()) for b in order}
+
+    net_err = np.abs(np.expm1(fit["quant"][:, mid]) - np.expm1(fit["t"]))
+    results = {"network": {"fit-cv": float(net_err.mean())}}
+    by_bin = {"network": per_bin(net_err)}
+    for name, tab in score.items():
+        results["network"][name] = float(np.mean(np.abs(np.expm1(tab["quant"][:, mid]) - np.expm1(tab["t"]))))
+    for groups in sets:
+        label = "+".join(["base"] + groups)
+        f = _inputs(fit, groups)
+        cv = np.zeros(len(f))
+        for k in range(5):
+            tr, te = folds != k, folds == k
+            m = fit_corrector(f[tr], fit["quant"][tr, mid], fit["t"][tr], args.seeds)
+            cv[te] = corrected_errors(m, f[te], fit["quant"][te, mid], fit["t"][te])
+        row = {"fit-cv": float(cv.mean())}
+        by_bin[label] = per_bin(cv)
+        m = fit_corrector(f, fit["quant"][:, mid], fit["t"], args.seeds)
+        for name, tab in score.items():
+            row[name] = float(corrected_errors(m, _inputs(tab, groups), tab["quant"][:, mid], tab["t"]).mean())
+        results[label] = row
+        print(label, {k: round(v, 3) for k, v in row.items()}, flush=True)
+    cols = ["fit-cv"] + list(score)
+    print("\n| features | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
+    for label, row in results.items():
+        print(f"| {label} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + " |")
+    print("\nfit stores, cross-validated MAE per true-MI bin (sets: "
+          + ", ".join(f"{b} {int((bins == b).sum())}" for b in order) + ")")
+    print("| features | " + " | ".join(order) + " |\n|---|" + "---:|" * len(order))
+    for label, row in by_bin.items():
+        print(f"| {label} | " + " | ".join(f"{row[b]:.3f}" for b in order) + " |")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "mae": results, "fit_cv_by_mi_bin": by_bin}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
