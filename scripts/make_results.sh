@@ -3,6 +3,7 @@
 # shipped checkpoint against the baselines with the eval harness, score it on the same
 # tasks at n = 100, 500 and 1,000 (eval.paired_n), time them, and rewrite the model card.
 #   bash scripts/make_results.sh                 # all of it (~1-1.5 h on 2 cores; KSG at n = 5,000 is most of the test stores)
+#                                                # the bench and test stores run side by side (JOBS=1: one after the other)
 #   CHECKPOINT=runs/x/best.safetensors RESULTS_DIR=/tmp/r bash scripts/make_results.sh
 #   REUSE=1 bash scripts/make_results.sh         # new checkpoint: copy the baselines' per-set results
 #                                                # from the previous run's results.json (minutes, not an hour)
@@ -32,22 +33,37 @@ reuse() {  # --reuse OLD_RESULTS when REUSE=1 and an earlier run left one
         echo "--reuse $1/results.previous.json"
     fi
 }
-for b in bench-id bench-ood; do
-    # every set: the model, KSG (k=3), the Gaussian-copula baseline and the training-mean floor
-    $PY -m eval.harness --store "$S/$b" --out "$OUT/$b" --checkpoint "$CKPT" \
-        --estimators model,ksg,gaussian,train_mean --train-store "$TRAIN_STORE" --threads 1 --no-progress $LIMIT $(reuse "$OUT/$b") > /dev/null
-    # slow estimators on a stratified subset: bootstrap intervals for KSG and InfoNCE at its default budget
-    $PY -m eval.harness --store "$S/$b" --out "$OUT/$b-subset" --checkpoint "$CKPT" \
-        --estimators model,ksg_boot,infonce --max-sets ${MAX_SETS:-30} --n-boot 30 --threads 1 --no-progress $(reuse "$OUT/$b-subset") > /dev/null
-done
-for b in test-id test-ood; do
-    $PY -m eval.harness --store "$S/$b" --out "$OUT/$b" --checkpoint "$CKPT" \
-        --estimators model,ksg,gaussian,train_mean --train-store "$TRAIN_STORE" --threads 1 --no-progress $LIMIT $(reuse "$OUT/$b") > /dev/null
-done
-for b in id:34 ood:35; do  # the same 300 tasks (new seeds) at n = 100, 500 and 1,000: paired width and error vs n
-    $PY -m eval.paired_n --config "configs/metagen/bench_${b%%:*}.toml" --seed "${b##*:}" --num-tasks "${MAX_SETS:-300}" \
-        --n 100,500,1000 --out "$OUT/paired-n-${b%%:*}" --checkpoint "$CKPT" --threads 1 --no-progress > /dev/null
-done
+bench_lane() {  # the bench stores, then the paired runs
+    for b in bench-id bench-ood; do
+        # every set: the model, KSG (k=3), the Gaussian-copula baseline and the training-mean floor
+        $PY -m eval.harness --store "$S/$b" --out "$OUT/$b" --checkpoint "$CKPT" \
+            --estimators model,ksg,gaussian,train_mean --train-store "$TRAIN_STORE" --threads 1 --no-progress $LIMIT $(reuse "$OUT/$b") > /dev/null
+        # slow estimators on a stratified subset: bootstrap intervals for KSG and InfoNCE at its default budget
+        $PY -m eval.harness --store "$S/$b" --out "$OUT/$b-subset" --checkpoint "$CKPT" \
+            --estimators model,ksg_boot,infonce --max-sets ${MAX_SETS:-30} --n-boot 30 --threads 1 --no-progress $(reuse "$OUT/$b-subset") > /dev/null
+    done
+    for b in id:34 ood:35; do  # the same 300 tasks (new seeds) at n = 100, 500 and 1,000: paired width and error vs n
+        $PY -m eval.paired_n --config "configs/metagen/bench_${b%%:*}.toml" --seed "${b##*:}" --num-tasks "${MAX_SETS:-300}" \
+            --n 100,500,1000 --out "$OUT/paired-n-${b%%:*}" --checkpoint "$CKPT" --threads 1 --no-progress > /dev/null
+    done
+}
+test_lane() {
+    for b in test-id test-ood; do
+        $PY -m eval.harness --store "$S/$b" --out "$OUT/$b" --checkpoint "$CKPT" \
+            --estimators model,ksg,gaussian,train_mean --train-store "$TRAIN_STORE" --threads 1 --no-progress $LIMIT $(reuse "$OUT/$b") > /dev/null
+    done
+}
+# two lanes, one core each (JOBS=1: one after the other); every step is single-threaded
+if [ "${JOBS:-2}" -ge 2 ]; then
+    bench_lane & bench_pid=$!
+    test_lane & test_pid=$!
+    wait "$bench_pid" || { echo "make_results.sh: the bench lane failed" >&2; kill "$test_pid" 2>/dev/null; exit 1; }
+    wait "$test_pid" || { echo "make_results.sh: the test lane failed" >&2; exit 1; }
+else
+    bench_lane
+    test_lane
+fi
+# timed alone, after both lanes: a benchmark beside other work measures the other work
 $PY -m eval.bench_speed --threads 1 --rounds 3 --checkpoint "$CKPT" | tee "$OUT/speed.txt"
 $PY scripts/results_tables.py "$OUT" > "$OUT/SUMMARY.md"
 $PY scripts/write_model_card.py --checkpoint "$CKPT" --results "$OUT" --out "${MODEL_CARD:-data/MODEL_CARD.md}"
