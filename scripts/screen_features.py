@@ -21,7 +21,9 @@ Candidate groups (all swap-symmetric and invariant to row order):
   (strong dependence concentrates the joint near a thinner set, which small k sees first);
 - ``raw``: the Gaussian MI of the canonical correlations of the standardized raw values
   (not ranks: ranks cap the readable correlation near 1 - O(1/n^2)) and KSG (k = 3) on
-  them; ``raw_gc`` and ``raw_ksg`` are its two parts alone.
+  them; ``raw_gc`` and ``raw_ksg`` are its two parts alone;
+- ``kcca``: kernel canonical correlations of the copula scores (`kernel_cca_statistics`):
+  bent, non-monotone dependence.
 
 ``--set base+multik+raw`` (repeat) names the feature sets to compare. Network outputs and statistics are cached under ``--work`` per store. Prints one table of
 MAE (nats) per feature set and store, and writes them as JSON with ``--out``.
@@ -42,17 +44,18 @@ import infer  # noqa: E402
 from eval.metrics import mi_bin  # noqa: E402
 from metagen.store import open_store  # noqa: E402
 from model.checkpoint import load_checkpoint  # noqa: E402
-from model.preprocess import (_gaussian_pair_mis, canonical_correlations, knn_statistics,  # noqa: E402
-                              normal_scores, standardize)
+from model.preprocess import (_gaussian_pair_mis, canonical_correlations, canonical_subset,  # noqa: E402
+                              knn_statistics, normal_scores, standardize)
 from model.quantiles import interpolate_quantiles  # noqa: E402
 from scripts.calibration_study import raw_grid  # noqa: E402
 
 MULTI_K = (1, 2, 4, 8, 16, 32)
 REF_ROWS = 1024
 BASE_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
+KCCA_LANDMARKS = 24
 # candidate groups: name -> (cached array, its columns)
 GROUPS = {"multik": ("multik", slice(None)), "raw": ("raw", slice(None)),
-          "raw_gc": ("raw", slice(0, 1)), "raw_ksg": ("raw", slice(1, 2))}
+          "raw_gc": ("raw", slice(0, 1)), "raw_ksg": ("raw", slice(1, 2)), "kcca": ("kcca", slice(None))}
 DEFAULT_SETS = ("base", "base+multik", "base+raw", "base+multik+raw")
 
 
@@ -73,9 +76,50 @@ def set_features(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     return {"base": np.array(base), "multik": np.array(multik), "raw": np.array([np.log1p(raw_gc), raw_ksg])}
 
 
-def store_table(checkpoint: Path, store_path: str, work: Path) -> dict[str, np.ndarray]:
+def kernel_cca_statistics(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kernel canonical correlations of one set x (n, dx), y (n, dy), (2,) in log1p nats.
+
+    Each block's copula scores become Gaussian-kernel features exp(-|z_i - l_j|^2 / h) against
+    KCCA_LANDMARKS landmark rows l_j (a `canonical_subset`, so the same rows whatever the row
+    order, the coordinate order or an x/y swap; h the block's median squared distance to them);
+    returns log1p of the Gaussian MI of the features' canonical correlations, summed and of
+    the top pair. Bent, non-monotone relations (spirals, Swiss rolls) that linear correlations
+    miss correlate in these features; with few rows per feature they are biased upward (the
+    corrector also has log n).
+    """
+    zx, zy = normal_scores(x), normal_scores(y)
+    land = canonical_subset(np.concatenate([zx, zy], axis=1), zx.shape[1], KCCA_LANDMARKS)
+
+    def features(z: np.ndarray) -> np.ndarray:
+        d2 = ((z[:, None, :] - z[land][None]) ** 2).sum(axis=-1)  # (n, m)
+        h = np.median(d2[d2 > 0]) if (d2 > 0).any() else 1.0
+        return np.exp(-d2 / h)
+
+    pair = _gaussian_pair_mis(canonical_correlations(features(zx), features(zy)))
+    return np.log1p(np.array([pair.sum(), pair.max(initial=0.0)]))
+
+
+EXTRA = {"kcca": kernel_cca_statistics}
+"""Candidate groups computed (and cached) on their own, only when a feature set names them."""
+
+
+def _extra_table(name: str, store_path: str, limits: dict, work: Path) -> np.ndarray:
+    """EXTRA[name] of every set of a store (N, F), cached under `work`."""
+    cache = work / f"features-{name}-{Path(store_path).name}.npy"
+    if cache.is_file():
+        return np.load(cache)
+    store, rows = open_store(store_path), []
+    for i in range(len(store)):
+        x, y = store.get(i)
+        rows.append(EXTRA[name](*infer._check_range(x.astype(np.float64), y.astype(np.float64), limits, "ignore", "auto")))
+    out = np.stack(rows)
+    np.save(cache, out)
+    return out
+
+
+def store_table(checkpoint: Path, store_path: str, work: Path, extras: set[str] = frozenset()) -> dict[str, np.ndarray]:
     """Per set of a store: the network's raw quantiles at BASE_LEVELS (N, 5) in log1p nats, truth t (N,),
-    and each feature group (N, F); cached under `work`."""
+    and each feature group (N, F) (of EXTRA only those in `extras`); cached under `work`."""
     cache = work / f"features-{Path(store_path).name}.npz"
     model, meta = load_checkpoint(checkpoint)
     pred = raw_grid(checkpoint, store_path, work)
@@ -95,6 +139,8 @@ def store_table(checkpoint: Path, store_path: str, work: Path) -> dict[str, np.n
                 print(f"  {Path(store_path).name}: {i}/{len(store)}", flush=True)
         feats = {k: np.stack(v) for k, v in rows.items()}
         np.savez(cache, **feats)
+    for name in sorted(extras):
+        feats[name] = _extra_table(name, store_path, dict(meta["limits"]), work)
     return {"quant": quant, "t": pred["t"], **feats}
 
 
@@ -155,9 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    fit = [store_table(Path(args.checkpoint), s, work) for s in args.fit]
+    sets = args.sets or [_feature_set(text) for text in DEFAULT_SETS]
+    extras = {GROUPS[g][0] for groups in sets for g in groups} & set(EXTRA)
+    fit = [store_table(Path(args.checkpoint), s, work, extras) for s in args.fit]
     fit = {k: np.concatenate([t[k] for t in fit]) for k in fit[0]}
-    score = {Path(s).name: store_table(Path(args.checkpoint), s, work) for s in args.score}
+    score = {Path(s).name: store_table(Path(args.checkpoint), s, work, extras) for s in args.score}
     mid = BASE_LEVELS.index(0.5)
     folds = np.random.default_rng(0).permutation(len(fit["t"])) % 5
     sets = args.sets or [_feature_set(text) for text in DEFAULT_SETS]

@@ -241,18 +241,24 @@ def test_screen_features_statistics_are_invariant_and_the_corrector_finds_a_real
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from scripts.screen_features import corrected_errors, fit_corrector, set_features
+    from scripts.screen_features import corrected_errors, fit_corrector, kernel_cca_statistics, set_features
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 2))
     y = np.concatenate([x[:, :1] + 0.3 * rng.normal(size=(300, 1)), rng.normal(size=(300, 2))], axis=1)
     ref = set_features(x, y)
     assert {k: v.shape for k, v in ref.items()} == {"base": (6,), "multik": (6,), "raw": (2,)}
+    ref["kcca"] = kernel_cca_statistics(x, y)
     rows = rng.permutation(300)
-    for a, b in ((x[rows], y[rows]), (y, x)):
-        got = set_features(a, b)
+    for a, b in ((x[rows], y[rows]), (y, x), (x[:, ::-1], y[:, [2, 0, 1]])):
+        got = {**set_features(a, b), "kcca": kernel_cca_statistics(a, b)}
         for k in ref:
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-9, atol=1e-9, err_msg=k)
+    # a relation no linear correlation sees (y = x^2): the kernel features do
+    u = rng.normal(size=(500, 1))
+    bent, indep = kernel_cca_statistics(u, u**2 + 0.05 * rng.normal(size=(500, 1))), kernel_cca_statistics(
+        u, rng.normal(size=(500, 1)))
+    assert np.expm1(bent[1]) > 1.0 > 10 * np.expm1(indep[1])
     # a synthetic screen: the median misses the truth by a smooth function of one statistic
     n = 600
     signal, noise = rng.normal(size=(n, 1)), rng.normal(size=(n, 1))
