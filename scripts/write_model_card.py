@@ -167,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"A permutation-invariant set-attention quantile regressor (`model/network.py`) with {n_params:,} parameters: "
         f"{cfg.get('cell_layers')} 2D cell layer(s), {cfg.get('row_layers')} row ISAB layer(s), kNN statistics "
-        f"{'on' if cfg.get('use_knn') else 'off'}, canonical-correlation statistics {'on' if cfg.get('use_cca') else 'off'}.",
+        f"{'on' if cfg.get('use_knn') else 'off'}, canonical-correlation statistics {'on' if cfg.get('use_cca') else 'off'}, "
+        f"per-column dependence features {'on' if cfg.get('use_col_stats') else 'off'}, nonlinear-dependence statistics "
+        f"{'on' if cfg.get('use_nonlinear_stats') else 'off'}, raw-value Gaussian-MI statistics "
+        f"{'on' if cfg.get('use_raw_stats') else 'off'}.",
         "It returns non-crossing quantiles of log(1 + I(X;Y)) at a fixed grid of levels, mapped to nats,",
         ("after per-level conformal offsets fitted on held-out calibration sets, one row per n range (edges "
          f"{', '.join(str(e) for e in meta['calibration_n_edges'])}: each range fitted on its own sets)."
