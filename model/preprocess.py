@@ -996,8 +996,9 @@ def raw_statistics(x: np.ndarray, y: np.ndarray, cca_top: int) -> np.ndarray:
     when the two disagree. Symmetric in x and y and invariant to the order of rows and of the
     coordinates within a block.
     """
-    dx = x.shape[1] if x.ndim == 2 else 1
-    z = robust_standardize(np.concatenate([_as_2d(x), _as_2d(y)], axis=1))  # per column: both blocks in one pass
+    x, y = _as_2d(x), _as_2d(y)
+    dx = x.shape[1]
+    z = robust_standardize(np.concatenate([x, y], axis=1))  # per column: both blocks in one pass
     pair = _gaussian_pair_mis(canonical_correlations(z[:, :dx], z[:, dx:]))  # descending, as the correlations
     top = np.zeros(cca_top)
     m = min(cca_top, pair.size)

@@ -103,16 +103,22 @@ EXTRA = {"kcca": kernel_cca_statistics}
 """Candidate groups computed (and cached) on their own, only when a feature set names them."""
 
 
+def _store_sets(store_path: str, limits: dict):
+    """Each set (x, y) of a store as the network sees it (`infer`'s subsampling rule), in store order."""
+    store = open_store(store_path)
+    for i in range(len(store)):
+        x, y = store.get(i)
+        if i % 200 == 0:
+            print(f"  {Path(store_path).name}: {i}/{len(store)}", flush=True)
+        yield infer._check_range(x.astype(np.float64), y.astype(np.float64), limits, "ignore", "auto")
+
+
 def _extra_table(name: str, store_path: str, limits: dict, work: Path) -> np.ndarray:
     """EXTRA[name] of every set of a store (N, F), cached under `work`."""
     cache = work / f"features-{name}-{Path(store_path).name}.npy"
     if cache.is_file():
         return np.load(cache)
-    store, rows = open_store(store_path), []
-    for i in range(len(store)):
-        x, y = store.get(i)
-        rows.append(EXTRA[name](*infer._check_range(x.astype(np.float64), y.astype(np.float64), limits, "ignore", "auto")))
-    out = np.stack(rows)
+    out = np.stack([EXTRA[name](x, y) for x, y in _store_sets(store_path, limits)])
     np.save(cache, out)
     return out
 
@@ -128,15 +134,10 @@ def store_table(checkpoint: Path, store_path: str, work: Path, extras: set[str] 
     if cache.is_file():
         feats = dict(np.load(cache))
     else:
-        store, limits = open_store(store_path), dict(meta["limits"])
         rows: dict[str, list] = {}
-        for i in range(len(store)):
-            x, y = store.get(i)
-            x, y = infer._check_range(x.astype(np.float64), y.astype(np.float64), limits, "ignore", "auto")
+        for x, y in _store_sets(store_path, dict(meta["limits"])):
             for k, v in set_features(x, y).items():
                 rows.setdefault(k, []).append(v)
-            if i % 200 == 0:
-                print(f"  {Path(store_path).name}: {i}/{len(store)}", flush=True)
         feats = {k: np.stack(v) for k, v in rows.items()}
         np.savez(cache, **feats)
     for name in sorted(extras):
@@ -208,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     score = {Path(s).name: store_table(Path(args.checkpoint), s, work, extras) for s in args.score}
     mid = BASE_LEVELS.index(0.5)
     folds = np.random.default_rng(0).permutation(len(fit["t"])) % 5
-    sets = args.sets or [_feature_set(text) for text in DEFAULT_SETS]
     bins = np.array([mi_bin(float(v)) for v in np.expm1(fit["t"])])
     order = list(dict.fromkeys(bins[np.argsort(fit["t"], kind="stable")]))
 
