@@ -274,6 +274,40 @@ def test_screen_features_statistics_are_invariant_and_the_corrector_finds_a_real
     assert err["with"] < 0.3 * before and err["without"] > 0.7 * before, (err, before)
 
 
+def test_screen_local_statistics_are_symmetric_and_read_bent_strong_dependence():
+    """screen_features' local statistics: the same for an x/y swap and any coordinate order (and row order
+    when every row is a query); near 0 for independent blocks; growing as the noise of a bent relation
+    shrinks; the local linear fits read y = sin(2u) + noise as about log(spread / noise), which the global
+    Gaussian MI of the raw values misses."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from model.preprocess import raw_statistics
+    from scripts.screen_features import LOCAL_QUERIES, lgmi_copula, lgmi_raw, lres_copula, lres_raw
+
+    rng = np.random.default_rng(1)
+    n = LOCAL_QUERIES  # every row a query: row order cannot matter
+    x = rng.normal(size=(n, 3))
+    y = np.concatenate([np.sin(2 * x[:, :1]) + 0.1 * rng.normal(size=(n, 1)), rng.normal(size=(n, 5))], axis=1)
+    for f in (lgmi_copula, lgmi_raw, lres_copula, lres_raw):
+        ref = f(x, y)
+        assert ref.shape == (4,)
+        rows = rng.permutation(n)
+        for a, b in ((x[rows], y[rows]), (y, x), (x[:, ::-1], y[:, [4, 2, 0, 1, 3, 5]])):
+            np.testing.assert_allclose(f(a, b), ref, rtol=1e-7, atol=1e-9, err_msg=f.__name__)
+    u = rng.uniform(-3, 3, size=(1000, 1))
+    indep = rng.normal(size=(1000, 1))
+    for f in (lgmi_raw, lres_raw):
+        assert np.expm1(f(u, indep)).max() < 0.3, f.__name__
+    bent = {s: np.sin(2 * u) + s * rng.normal(size=(1000, 1)) for s in (0.1, 0.01)}
+    lgmi = {s: np.expm1(lgmi_raw(u, v)) for s, v in bent.items()}
+    assert lgmi[0.01][3] > lgmi[0.1][3] + 0.5, lgmi
+    lres = {s: np.expm1(lres_raw(u, v)) for s, v in bent.items()}
+    global_gc = np.expm1(raw_statistics(u, bent[0.01], 1)[0])
+    # sin(2u) over [-3, 3] has standard deviation ~0.7: log(0.7 / 0.01) ~ 4.2 nats
+    assert 3.5 < lres[0.01][0] < 5.0 and lres[0.01][0] > lres[0.1][0] + 1.5 > global_gc + 1.5, (lres, global_gc)
+
+
 def test_screen_features_rejects_unknown_feature_sets(tmp_path):
     r = _run("--checkpoint", "x", "--fit", "a", "--score", "b", "--work", str(tmp_path), "--set", "base+bogus",
              script="screen_features.py")
