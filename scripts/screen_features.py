@@ -23,7 +23,12 @@ Candidate groups (all swap-symmetric and invariant to row order):
   (not ranks: ranks cap the readable correlation near 1 - O(1/n^2)) and KSG (k = 3) on
   them; ``raw_gc`` and ``raw_ksg`` are its two parts alone;
 - ``kcca``: kernel canonical correlations of the copula scores (`kernel_cca_statistics`):
-  bent, non-monotone dependence.
+  bent, non-monotone dependence;
+- ``lgmi_cop`` / ``lgmi_raw``: local Gaussian MI of neighbourhoods in the joint space, on the
+  copula scores or the robustly scaled raw values (`local_gaussian_statistics`);
+- ``lres_cop`` / ``lres_raw``: MI read from local linear fits of one block on the other
+  (`local_residual_statistics`): smooth strong dependence through bends.
+  The local groups take blocks wider than LOCAL_TOP to their first canonical variates.
 
 ``--set base+multik+raw`` (repeat) names the feature sets to compare. Network outputs and statistics are cached under ``--work`` per store. Prints one table of
 MAE (nats) per feature set and store, and writes them as JSON with ``--out``.
