@@ -279,12 +279,19 @@ def _feature_set(text: str) -> list[str]:
     return groups[1:]
 
 
-def fit_corrector(f: np.ndarray, med: np.ndarray, t: np.ndarray, seeds: int = 5, steps: int = 1500) -> list:
+def fit_corrector(f: np.ndarray, med: np.ndarray, t: np.ndarray, seeds: int = 5, steps: int = 1500,
+                  loss: str = "nats") -> list:
     """An ensemble of MLPs (F -> 1) moving the median `med` (N,) in log1p space so that expm1 of it has the
-    least absolute error against expm1(t) (N,); features f (N, F) standardized inside."""
+    least absolute error against expm1(t) (N,) (loss "nats"), or so that it has the least absolute error
+    against t itself (loss "log1p": the network's own median pinball loss); features f (N, F) standardized
+    inside."""
+    if loss not in ("nats", "log1p"):
+        raise ValueError(f"loss must be 'nats' or 'log1p', got {loss!r}")
     mean, std = f.mean(0), f.std(0) + 1e-8
     x = torch.tensor((f - mean) / std, dtype=torch.float32)
-    m0, mi = torch.tensor(med, dtype=torch.float32), torch.tensor(np.expm1(t), dtype=torch.float32)
+    m0 = torch.tensor(med, dtype=torch.float32)
+    target = torch.tensor(np.expm1(t) if loss == "nats" else t, dtype=torch.float32)
+    scale = torch.expm1 if loss == "nats" else (lambda v: v)
     nets = []
     for s in range(seeds):
         torch.manual_seed(s)
@@ -293,9 +300,9 @@ def fit_corrector(f: np.ndarray, med: np.ndarray, t: np.ndarray, seeds: int = 5,
         opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-3)
         for _ in range(steps):
             shift = 3 * torch.tanh(net(x)[:, 0] / 3)
-            loss = (torch.expm1(m0 + shift) - mi).abs().mean()
+            err = (scale(m0 + shift) - target).abs().mean()
             opt.zero_grad()
-            loss.backward()
+            err.backward()
             opt.step()
         nets.append(net)
     return [mean, std, nets]
@@ -319,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--set", action="append", type=_feature_set, dest="sets",
                    help=f"feature set, e.g. base+raw (repeat; default: {', '.join(DEFAULT_SETS)})")
+    p.add_argument("--loss", choices=("nats", "log1p"), default="nats",
+                   help="the corrector's L1 loss: on MI in nats (the harness's MAE) or on log1p(MI) (the network's)")
     p.add_argument("--out", help="write the table as JSON")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -348,11 +357,11 @@ def main(argv: list[str] | None = None) -> int:
         cv = np.zeros(len(f))
         for k in range(5):
             tr, te = folds != k, folds == k
-            m = fit_corrector(f[tr], fit["quant"][tr, mid], fit["t"][tr], args.seeds)
+            m = fit_corrector(f[tr], fit["quant"][tr, mid], fit["t"][tr], args.seeds, loss=args.loss)
             cv[te] = corrected_errors(m, f[te], fit["quant"][te, mid], fit["t"][te])
         row = {"fit-cv": float(cv.mean())}
         by_bin[label] = per_bin(cv)
-        m = fit_corrector(f, fit["quant"][:, mid], fit["t"], args.seeds)
+        m = fit_corrector(f, fit["quant"][:, mid], fit["t"], args.seeds, loss=args.loss)
         for name, tab in score.items():
             row[name] = float(corrected_errors(m, _inputs(tab, groups), tab["quant"][:, mid], tab["t"]).mean())
         results[label] = row
