@@ -122,6 +122,19 @@ def _local_gaussian_mis(u: np.ndarray, dx: int, k: int, queries: np.ndarray) -> 
     return 0.5 * (ld(c[:, :dx, :dx]) + ld(c[:, dx:, dx:]) - ld(c))
 
 
+def _local_blocks(zx: np.ndarray, zy: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """The joint columns u (n, D) of the local statistics, its x width, and their query rows: blocks
+    wider than LOCAL_TOP replaced by their first canonical variates, each column scaled to unit variance,
+    at most LOCAL_QUERIES query rows (a fixed-seed random subset when n is larger)."""
+    if zx.shape[1] > LOCAL_TOP or zy.shape[1] > LOCAL_TOP:
+        px, py = canonical_variates(zx, zy, LOCAL_TOP)
+        zx = px if zx.shape[1] > LOCAL_TOP else zx
+        zy = py if zy.shape[1] > LOCAL_TOP else zy
+    u = np.concatenate([zx, zy], axis=1)
+    u = (u - u.mean(0)) / (u.std(0) + 1e-12)
+    return u, zx.shape[1], np.random.default_rng(0).permutation(u.shape[0])[:LOCAL_QUERIES]
+
+
 def local_gaussian_statistics(zx: np.ndarray, zy: np.ndarray) -> np.ndarray:
     """Local Gaussian MI of blocks zx (n, dx), zy (n, dy) (already scaled), (4,) in log1p nats.
 
@@ -135,15 +148,8 @@ def local_gaussian_statistics(zx: np.ndarray, zy: np.ndarray) -> np.ndarray:
     MI (a screen found it weak: `local_residual_statistics` is the better reading).
     """
     n = zx.shape[0]
-    if zx.shape[1] > LOCAL_TOP or zy.shape[1] > LOCAL_TOP:
-        px, py = canonical_variates(zx, zy, LOCAL_TOP)
-        zx = px if zx.shape[1] > LOCAL_TOP else zx
-        zy = py if zy.shape[1] > LOCAL_TOP else zy
-    u = np.concatenate([zx, zy], axis=1)
-    u = (u - u.mean(0)) / (u.std(0) + 1e-12)
+    u, dx, q = _local_blocks(zx, zy)
     dim = u.shape[1]
-    q = np.random.default_rng(0).permutation(n)[:LOCAL_QUERIES]
-    dx = zx.shape[1]
     small = np.maximum(_local_gaussian_mis(u, dx, min(dim + 2, n - 1), q), 0.0)
     out = [np.log1p(small.mean()), np.log1p(np.median(small))]
     for k in (2 * dim + 4, 4 * dim + 8):
@@ -181,14 +187,8 @@ def local_residual_statistics(zx: np.ndarray, zy: np.ndarray) -> np.ndarray:
     k = 2 max(dx, dy) + 4 and at k = 4 max(dx, dy) + 8 (k below n).
     """
     n = zx.shape[0]
-    if zx.shape[1] > LOCAL_TOP or zy.shape[1] > LOCAL_TOP:
-        px, py = canonical_variates(zx, zy, LOCAL_TOP)
-        zx = px if zx.shape[1] > LOCAL_TOP else zx
-        zy = py if zy.shape[1] > LOCAL_TOP else zy
-    u = np.concatenate([zx, zy], axis=1)
-    u = (u - u.mean(0)) / (u.std(0) + 1e-12)
-    a, b = u[:, : zx.shape[1]], u[:, zx.shape[1]:]
-    q = np.random.default_rng(0).permutation(n)[:LOCAL_QUERIES]
+    u, dx, q = _local_blocks(zx, zy)
+    a, b = u[:, :dx], u[:, dx:]
     wide = max(a.shape[1], b.shape[1])
     out = []
     for k in (2 * wide + 4, 4 * wide + 8):
