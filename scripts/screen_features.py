@@ -15,7 +15,8 @@ family x transform pairs). The gap between "base" and "base + candidate" is what
 candidate adds beyond the network's answer; "base" itself shows how much a refit of the
 median alone moves the error (not a property of the candidate).
 
-Candidate groups (all swap-symmetric and invariant to row order):
+Candidate groups (all swap-symmetric and invariant to row order; the local ones only up to
+LOCAL_QUERIES rows, beyond which their query rows are a fixed-seed random subset):
 - ``multik``: KSG (max-norm) on the copula scores at k = 1, 2, 4, 8, 16, 32 against at most
   1,024 reference rows: how the estimate changes with the scale of the neighbourhoods
   (strong dependence concentrates the joint near a thinner set, which small k sees first);
@@ -110,12 +111,16 @@ def kernel_cca_statistics(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.log1p(np.array([pair.sum(), pair.max(initial=0.0)]))
 
 
+def _neighbours(u: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Indices (q, k + 1) of each query row of u (n, D) and its k nearest rows (Euclidean), in no order."""
+    d2 = ((u[queries][:, None, :] - u[None]) ** 2).sum(-1)  # (q, n)
+    return np.argpartition(d2, k, axis=1)[:, : k + 1]
+
+
 def _local_gaussian_mis(u: np.ndarray, dx: int, k: int, queries: np.ndarray) -> np.ndarray:
     """Local Gaussian MI (nats) at each query row of u (n, D): 1/2 (log det C_xx + log det C_yy - log det C)
     of the covariance C of the row and its k nearest rows (Euclidean); (len(queries),)."""
-    d2 = ((u[queries][:, None, :] - u[None]) ** 2).sum(-1)  # (q, n)
-    nb = np.argpartition(d2, k, axis=1)[:, : k + 1]  # the row itself and its k nearest
-    pts = u[nb]  # (q, k + 1, D)
+    pts = u[_neighbours(u, queries, k)]  # (q, k + 1, D)
     pts = pts - pts.mean(axis=1, keepdims=True)
     c = np.einsum("qki,qkj->qij", pts, pts) / k + LOCAL_RIDGE * np.eye(u.shape[1])
     ld = lambda a: np.linalg.slogdet(a)[1]  # noqa: E731
@@ -162,8 +167,7 @@ def _local_residual_mis(a: np.ndarray, b: np.ndarray, k: int, queries: np.ndarra
     b's covariance - log det of the residual covariance of b regressed on a among the row's k nearest
     rows in a); (len(queries),)."""
     eye_a, eye_b = LOCAL_RIDGE * np.eye(a.shape[1]), LOCAL_RIDGE * np.eye(b.shape[1])
-    d2 = ((a[queries][:, None, :] - a[None]) ** 2).sum(-1)  # (q, n)
-    nb = np.argpartition(d2, k, axis=1)[:, : k + 1]
+    nb = _neighbours(a, queries, k)
     pa, pb = a[nb], b[nb]  # (q, k + 1, da), (q, k + 1, db)
     pa, pb = pa - pa.mean(axis=1, keepdims=True), pb - pb.mean(axis=1, keepdims=True)
     coef = np.linalg.solve(np.einsum("qki,qkj->qij", pa, pa) + eye_a, np.einsum("qki,qkj->qij", pa, pb))
@@ -198,6 +202,12 @@ def local_residual_statistics(zx: np.ndarray, zy: np.ndarray) -> np.ndarray:
     return np.array(out)
 
 
+def _robust_blocks(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x (n, dx) and y (n, dy) robustly standardized (clipped at RAW_CLIP), as the model's raw statistics."""
+    z = robust_standardize(np.concatenate([x, y], axis=1))
+    return z[:, : x.shape[1]], z[:, x.shape[1]:]
+
+
 def lres_copula(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """`local_residual_statistics` of the copula scores."""
     return local_residual_statistics(normal_scores(x), normal_scores(y))
@@ -205,8 +215,7 @@ def lres_copula(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def lres_raw(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """`local_residual_statistics` of the robustly standardized raw values (clipped at RAW_CLIP)."""
-    z = robust_standardize(np.concatenate([x, y], axis=1))
-    return local_residual_statistics(z[:, : x.shape[1]], z[:, x.shape[1]:])
+    return local_residual_statistics(*_robust_blocks(x, y))
 
 
 def lgmi_copula(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -216,8 +225,7 @@ def lgmi_copula(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def lgmi_raw(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """`local_gaussian_statistics` of the robustly standardized raw values (clipped at RAW_CLIP)."""
-    z = robust_standardize(np.concatenate([x, y], axis=1))
-    return local_gaussian_statistics(z[:, : x.shape[1]], z[:, x.shape[1]:])
+    return local_gaussian_statistics(*_robust_blocks(x, y))
 
 
 EXTRA = {"kcca": kernel_cca_statistics, "lgmi_cop": lgmi_copula, "lgmi_raw": lgmi_raw, "lres_cop": lres_copula,
