@@ -243,22 +243,32 @@ def _grid_to_levels(loaded: _Loaded, grid_t: np.ndarray, q: np.ndarray, n: np.nd
     return np.maximum.accumulate(out, axis=-1)  # guard: never decreasing in the level
 
 
-def _forward_grid(loaded: _Loaded, sets: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Run the network on validated sets, grouped by size; returns (B, Q) grid in log1p space."""
-    out = np.empty((len(sets), len(loaded.levels)), dtype=np.float64)
+def _forward_grid(loaded: _Loaded, sets: list[tuple[np.ndarray, np.ndarray]],
+                  outputs: Callable[[MIEstimator, Batch], torch.Tensor] | None = None) -> np.ndarray:
+    """Run the network on validated sets, grouped by size; returns (B, Q) grid in log1p space.
+
+    outputs: instead of the quantile grid, (B, F) values of outputs(model, batch) per set (no tracing).
+    """
+    out: np.ndarray | None = None if outputs else np.empty((len(sets), len(loaded.levels)), dtype=np.float64)
     order = sorted(range(len(sets)), key=lambda i: (sets[i][0].shape[1] + sets[i][1].shape[1], sets[i][0].shape[0]))
     chunk: list[int] = []
 
     def flush() -> None:
+        nonlocal out
         if not chunk:
             return
         batch = prepare_batch([sets[i] for i in chunk], loaded.model.config, rng=None)
         if loaded.device.type != "cpu":  # prepare_batch builds CPU tensors already
             batch = batch.to(loaded.device)
         with torch.inference_mode():
-            single = loaded.single if batch.size == 1 else None  # traced on the first single-set call
-            forward = single if single is not None else loaded.model
-            pred = forward(batch).float().cpu().numpy()
+            if outputs is not None:
+                pred = outputs(loaded.model, batch).double().cpu().numpy()
+            else:
+                single = loaded.single if batch.size == 1 else None  # traced on the first single-set call
+                forward = single if single is not None else loaded.model
+                pred = forward(batch).float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(sets), pred.shape[1]), dtype=np.float64)
         out[chunk] = pred
         chunk.clear()
 
@@ -274,7 +284,7 @@ def _forward_grid(loaded: _Loaded, sets: list[tuple[np.ndarray, np.ndarray]]) ->
         chunk.append(i)
         max_n, max_d = max(max_n, n_i), max(max_d, d_i)
     flush()
-    return out
+    return out if out is not None else np.empty((0, 0))
 
 
 def predict_mi_quantiles_batch(

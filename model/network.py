@@ -32,6 +32,11 @@ Architecture (invariances hold exactly, by construction):
    ``use_nonlinear_stats`` also nonlinear-dependence statistics, with ``use_raw_stats`` the
    Gaussian MI of the raw values' canonical correlations)] -> MLP ->
    first quantile softplus, each next = previous + softplus (non-crossing, >= 0).
+5. Optional refiner (``refine_hidden`` > 0, `add_refiner`): a small MLP that reads only the
+   head's own quantiles and the set statistics (a few dozen numbers, standardized by stored
+   buffers) and adds a correction to the head's pre-softplus outputs. Stacking on the
+   network's answer: fitted with the rest frozen on precomputed outputs
+   (`scripts/fit_refiner.py`), it can take in many epochs what the statistics still tell.
 
 Padded rows and columns never change any output (attention masks, masked means).
 """
@@ -73,6 +78,8 @@ class ModelConfig:
     use_col_stats: bool = False  # per-column dependence features in the column context (False: older checkpoints)
     use_nonlinear_stats: bool = False  # nonlinear-dependence set statistics for the head (False: older checkpoints)
     use_raw_stats: bool = False  # Gaussian MI of the raw values' canonical correlations for the head (False: older checkpoints)
+    refine_hidden: int = 0  # hidden width of the refiner MLPs on [head quantiles, statistics] (0: none, older checkpoints)
+    refine_members: int = 1  # refiner MLPs, fitted apart, whose corrections are averaged (an ensemble)
     strata: int = 8  # at most this many strata of the row norms in them (fewer when n < 2 strata (dx + dy))
     quantile_levels: tuple[float, ...] = field(default=DEFAULT_LEVELS)  # fixed output grid, increasing in (0, 1)
 
@@ -85,14 +92,15 @@ class ModelConfig:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if self.input_transform not in ("copula", "standardize"):
             raise ValueError(f"input_transform must be 'copula' or 'standardize', got {self.input_transform!r}")
-        for name in ("dim", "heads", "ffn_mult", "cell_rows", "inducing", "basis", "head_hidden", "knn_k", "knn_rows"):
+        for name in ("dim", "heads", "ffn_mult", "cell_rows", "inducing", "basis", "head_hidden", "knn_k", "knn_rows",
+                     "refine_members"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.strata < 2:
             raise ValueError(f"strata must be >= 2, got {self.strata}")
         if self.cell_rows < 2 or self.knn_rows < 2:
             raise ValueError("cell_rows and knn_rows must be >= 2")
-        for name in ("cell_layers", "row_layers", "cca_top"):
+        for name in ("cell_layers", "row_layers", "cca_top", "refine_hidden"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -158,6 +166,31 @@ class CellLayer(nn.Module):
         return ht.transpose(1, 2)
 
 
+class Refiner(nn.Module):
+    """Correction of the head's pre-softplus outputs from [its quantiles, set statistics].
+
+    `members` MLPs (fitted apart, `scripts/fit_refiner.py`) each propose a correction; their mean
+    is added. Inputs are standardized by the buffers `shift` and `scale` (set from the fitting
+    data; identity until then); the last layers start at zero, so a new refiner leaves the
+    network's function unchanged.
+    """
+
+    def __init__(self, n_in: int, hidden: int, q: int, members: int = 1):
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(n_in))
+        self.register_buffer("scale", torch.ones(n_in))
+        self.nets = nn.ModuleList(
+            nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, q))
+            for _ in range(members))
+        _zero_residual_outputs(net[-1] for net in self.nets)
+
+    def forward(self, raw: Tensor, stats: Tensor) -> Tensor:
+        """raw (B, Q) head outputs, stats (B, S) -> raw + mean correction (B, Q)."""
+        own = torch.cumsum(F.softplus(raw), dim=-1)  # (B, Q) the head's quantiles of log1p(MI)
+        z = (torch.cat([own, stats], dim=-1) - self.shift) / self.scale  # (B, Q + S)
+        return raw + torch.stack([net(z) for net in self.nets]).mean(0)
+
+
 class MIEstimator(nn.Module):
     """Amortized MI estimator: `forward(batch)` -> (B, Q) quantiles of log1p(MI [nats])."""
 
@@ -194,9 +227,19 @@ class MIEstimator(nn.Module):
         )
         with torch.no_grad():  # start near a sensible spread: increments ~ softplus(-2)
             self.head[-1].bias.fill_(-2.0)
+        self.refine = None
+        if config.refine_hidden:
+            self.refine = Refiner(q + stats_dim(config), config.refine_hidden, q, config.refine_members)
 
     def forward(self, batch: Batch) -> Tensor:
         """batch with B sets -> (B, Q) non-decreasing, >= 0 quantiles of t = log1p(MI in nats)."""
+        raw = self.head_outputs(batch)
+        if self.refine is not None:
+            raw = self.refine(raw, batch.stats.to(raw.dtype))
+        return torch.cumsum(F.softplus(raw), dim=-1)
+
+    def head_outputs(self, batch: Batch) -> Tensor:
+        """The head's pre-softplus outputs (B, Q), before the refiner: quantiles = cumsum(softplus(.))."""
         col_valid, is_y = batch.col_mask, batch.is_y
         x_valid = col_valid & ~is_y
         y_valid = col_valid & is_y
@@ -229,7 +272,7 @@ class MIEstimator(nn.Module):
         cx = _masked_mean(ctx, x_valid, dim=1)
         cy = _masked_mean(ctx, y_valid, dim=1)
         head_in = torch.cat([pooled, cx + cy, cx * cy, batch.stats.to(pooled.dtype)], dim=-1)
-        return torch.cumsum(F.softplus(self.head(head_in)), dim=-1)
+        return self.head(head_in)
 
     def num_parameters(self) -> int:
         """Number of trainable parameters."""
@@ -250,7 +293,7 @@ def _rebuilt(model: MIEstimator, config: ModelConfig, strict: bool) -> MIEstimat
     ref = next(model.parameters())
     new = MIEstimator(config).to(device=ref.device, dtype=ref.dtype)
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=strict)
-    if unexpected or any(not k.startswith(("row_layers.", "cell_layers.", "col_embed.")) for k in missing):
+    if unexpected or any(not k.startswith(("row_layers.", "cell_layers.", "col_embed.", "refine.")) for k in missing):
         raise RuntimeError(f"weights do not fit the new config: missing {missing}, unexpected {unexpected}")
     return new
 
@@ -331,6 +374,8 @@ def _with_more_statistics(model: MIEstimator, config: ModelConfig) -> MIEstimato
     """A model for `config` (the same but for more blocks of set statistics, `stats_layout`) computing
     `model`'s function: the head's first layer reads each old block with its old weights and each new
     block with zero weights, wherever in the vector the new block sits."""
+    if model.refine is not None:
+        raise ValueError("add statistics before the refiner: its inputs would change (build it again after)")
     ref = next(model.parameters())
     new = MIEstimator(config).to(device=ref.device, dtype=ref.dtype)
     state = model.state_dict()
@@ -372,6 +417,22 @@ def add_raw_statistics(model: MIEstimator) -> MIEstimator:
     return _with_more_statistics(model, dataclasses.replace(model.config, use_raw_stats=True))
 
 
+def add_refiner(model: MIEstimator, hidden: int = 64, members: int = 1) -> MIEstimator:
+    """`model` with a new refiner (`Refiner`: `members` MLPs of width `hidden`), same function (their last
+    layers are zero). A model that has one already gets a fresh one (the old refiner is dropped).
+    """
+    if hidden < 1 or members < 1:
+        raise ValueError(f"add_refiner: hidden and members must be >= 1, got {hidden} and {members}")
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("refine.")}
+    ref = next(model.parameters())
+    config = dataclasses.replace(model.config, refine_hidden=hidden, refine_members=members)
+    new = MIEstimator(config).to(device=ref.device, dtype=ref.dtype)
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("refine.") for k in missing):
+        raise RuntimeError(f"weights do not fit the new config: missing {missing}, unexpected {unexpected}")
+    return new.train(model.training)
+
+
 def widen(model: MIEstimator, dim: int, seed: int = 0) -> MIEstimator:
     """A wider model (hidden size `dim`, a multiple f of the old one) computing `model`'s function.
 
@@ -388,6 +449,8 @@ def widen(model: MIEstimator, dim: int, seed: int = 0) -> MIEstimator:
     without starting over (e.g. the 32-wide CPU checkpoint, continued at 64 on a GPU).
     """
     old = model.config.dim
+    if model.refine is not None:
+        raise ValueError("widen a model before adding its refiner (the refiner reads the head's output, not the width)")
     if dim <= old or dim % old:
         raise ValueError(f"widen: dim must be a multiple of the current {old} and larger, got {dim}")
     f = dim // old
@@ -439,5 +502,5 @@ def widen(model: MIEstimator, dim: int, seed: int = 0) -> MIEstimator:
     return new.train(model.training)
 
 
-__all__ = ["ModelConfig", "MIEstimator", "DEFAULT_LEVELS", "INPUT_SWITCHES", "add_cell_layers", "add_column_statistics",
-           "add_row_layers", "add_nonlinear_statistics", "add_raw_statistics", "switch_inputs", "widen"]
+__all__ = ["ModelConfig", "MIEstimator", "DEFAULT_LEVELS", "INPUT_SWITCHES", "Refiner", "add_cell_layers",
+           "add_column_statistics", "add_refiner", "add_row_layers", "add_nonlinear_statistics", "add_raw_statistics", "switch_inputs", "widen"]

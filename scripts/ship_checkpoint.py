@@ -84,13 +84,14 @@ def _stream_run_limits(info: dict, limits: dict) -> dict:
 
 
 def uncalibrated_predictions(model, limits: dict, info: dict, store_paths: list[str], tmp: Path,
-                            max_sets: int = 0) -> dict:
+                            max_sets: int = 0, outputs=None) -> dict:
     """The network's predictions exactly as ``infer`` makes them (same subsampling rule) but without
     any stored calibration, on the sets of each store in turn (at most `max_sets` each; 0: all).
 
     Returns grid (N, Q) quantiles of t = log1p(MI), t (N,) the truth, n (N,) the rows the network
     saw (after subsampling), dims (N,) dimension-range labels, geometric (N,) whether the transform
     bends space, used: one record per store. `tmp` holds the uncalibrated checkpoint meanwhile.
+    outputs: instead of the grid, (N, F) values of outputs(model, batch) (``infer._forward_grid``).
     """
     save_checkpoint(tmp, model, limits=limits, calibration=None, info=info)
     sets, target, dims, geometric, used = [], [], [], [], []
@@ -109,7 +110,7 @@ def uncalibrated_predictions(model, limits: dict, info: dict, store_paths: list[
             target.append(np.log1p(store.mi[idx]))
             used.append({"path": str(path), "sets": int(len(idx)),
                          "manifest_config": store.manifest.get("config", {}).get("name")})
-        grid = infer._forward_grid(loaded, sets)
+        grid = infer._forward_grid(loaded, sets, outputs)
     finally:
         tmp.unlink(missing_ok=True)
     return {"grid": grid, "t": np.concatenate(target), "n": np.array([x.shape[0] for x, _ in sets]),

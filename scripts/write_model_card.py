@@ -136,6 +136,18 @@ def _coverage_limits(store: str, model: dict) -> list[str]:
     return out
 
 
+def _refiner_lines(refiner: dict | None) -> list[str]:
+    """The model card's line on a refiner fit (`scripts/fit_refiner.py`'s record in the checkpoint info)."""
+    if not refiner:
+        return []
+    stores = ", ".join(f"`{s}`" for s in refiner.get("stores", []))
+    return [f"- refiner: fitted on {refiner.get('sets')} sets of {stores} with the network above frozen, "
+            f"{refiner.get('members')} members, up to {refiner.get('steps')} full passes at lr {refiner.get('lr')} "
+            f"(each kept at its best step on {refiner.get('holdout_sets')} held-out sets: pinball loss "
+            f"{_fmt(refiner.get('holdout_loss_before'), 4)} -> {_fmt(refiner.get('holdout_loss_after'), 4)}, median MAE "
+            f"{_fmt(refiner.get('holdout_mae_before'))} -> {_fmt(refiner.get('holdout_mae_after'))} nats, uncalibrated)"]
+
+
 def _store_config(path: str | None) -> str:
     """Which metagen config drew a training store: the name in its manifest, when the store is here."""
     manifest = read_json(Path(path) / MANIFEST_NAME) if path else None
@@ -170,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{'on' if cfg.get('use_knn') else 'off'}, canonical-correlation statistics {'on' if cfg.get('use_cca') else 'off'}, "
         f"per-column dependence features {'on' if cfg.get('use_col_stats') else 'off'}, nonlinear-dependence statistics "
         f"{'on' if cfg.get('use_nonlinear_stats') else 'off'}, raw-value Gaussian-MI statistics "
-        f"{'on' if cfg.get('use_raw_stats') else 'off'}.",
+        f"{'on' if cfg.get('use_raw_stats') else 'off'}"
+        + (f", and a refiner ({cfg.get('refine_members', 1)} MLPs of width {cfg['refine_hidden']} on the head's own "
+           "quantiles and the set statistics, fitted with the network frozen: `scripts/fit_refiner.py`)."
+           if cfg.get("refine_hidden") else "."),
         "It returns non-crossing quantiles of log(1 + I(X;Y)) at a fixed grid of levels, mapped to nats,",
         ("after per-level conformal offsets fitted on held-out calibration sets, one row per n range (edges "
          f"{', '.join(str(e) for e in meta['calibration_n_edges'])}: each range fitted on its own sets)."
@@ -195,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         *([f"- weights: the mean of {len(info['averaged_from'])} checkpoints of this run, steps "
            f"{', '.join(str(a.get('step')) for a in info['averaged_from'])} (`scripts/average_checkpoints.py`)"]
           if info.get("averaged_from") else []),
+        *_refiner_lines(info.get("refiner")),
         f"- training store: `{train_cfg.get('train_store')}` ({_store_config(train_cfg.get('train_store'))}; rows subsampled per "
         f"batch to n' in [{train_cfg.get('n_train_min')}, {train_cfg.get('n_train_max')}])",
         *([f"- batch options: " + ", ".join(f"`{k}` {train_cfg[k]}" for k in batch_options)] if batch_options else []),

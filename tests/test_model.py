@@ -21,6 +21,7 @@ from model.network import (
     add_row_layers,
     add_nonlinear_statistics,
     add_raw_statistics,
+    add_refiner,
     switch_inputs,
     widen,
 )
@@ -65,9 +66,14 @@ SMALL = dict(dim=16, heads=2, cell_layers=2, cell_rows=24, inducing=4, row_layer
 def _model(**kw) -> MIEstimator:
     torch.manual_seed(0)
     model = MIEstimator(ModelConfig(**{**SMALL, **kw})).double().eval()
-    if model.col_embed is not None:  # its last layer starts at zero: give the features a real path
-        with torch.no_grad():
+    with torch.no_grad():  # last layers that start at zero: give the new inputs a real path
+        if model.col_embed is not None:
             model.col_embed[-1].weight.normal_(0.0, 0.5)
+        if model.refine is not None:
+            for net in model.refine.nets:
+                net[-1].weight.normal_(0.0, 0.5)
+            model.refine.shift.normal_(0.0, 1.0)
+            model.refine.scale.uniform_(0.5, 2.0)
     return model
 
 
@@ -84,8 +90,8 @@ def _pair(n, dx, dy, seed=0):
 
 
 @pytest.fixture(scope="module", params=[{}, dict(use_col_stats=True), dict(use_nonlinear_stats=True),
-                                        dict(use_raw_stats=True)],
-                ids=["plain", "col_stats", "strata", "raw_stats"])
+                                        dict(use_raw_stats=True), dict(use_raw_stats=True, refine_hidden=8, refine_members=2)],
+                ids=["plain", "col_stats", "strata", "raw_stats", "refiner"])
 def model(request):
     return _model(**request.param)
 
@@ -311,6 +317,35 @@ def test_turning_raw_statistics_on_starts_from_the_same_function_and_then_learns
     assert stats[0, -raw:].abs().sum() > 0                 # real inputs, last in the vector ...
     assert new.head[0].weight.grad[:, -raw:].abs().sum() > 0  # ... read by zero weights that now get gradients
     assert add_raw_statistics(new) is new
+
+
+def test_adding_a_refiner_starts_from_the_same_function_and_then_learns():
+    old = _model(cell_layers=0, use_raw_stats=True)
+    new = add_refiner(old, 8, members=2)
+    assert (new.config.refine_hidden, new.config.refine_members) == (8, 2) and old.refine is None
+    _same_function_then_backward(old, new)
+    assert all(net[-1].weight.grad.abs().sum() > 0 for net in new.refine.nets)  # zero last layers get gradients
+    with torch.no_grad():
+        for net in new.refine.nets:
+            net[-1].weight.normal_(0.0, 0.5)
+    again = add_refiner(new, 4)  # a fresh refiner: the old one is dropped, the network kept
+    assert (again.config.refine_hidden, again.config.refine_members) == (4, 1)
+    _same_function_then_backward(old, again)
+    sets = [_pair(60, 2, 3, seed=7)]
+    q = _run(new, sets)
+    assert np.abs(q - _run(old, sets)).max() > 1e-4 and (np.diff(q, axis=1) >= 0).all() and (q >= 0).all()
+    with pytest.raises(ValueError, match="hidden and members must be >= 1"):
+        add_refiner(old, 0)
+    with pytest.raises(ValueError, match="hidden and members must be >= 1"):
+        add_refiner(old, 8, members=0)
+    with pytest.raises(ValueError, match="before the refiner"):
+        add_nonlinear_statistics(new)
+    with pytest.raises(ValueError, match="before adding its refiner"):
+        widen(new, 2 * new.config.dim)
+    with pytest.raises(ValueError, match="refine_hidden must be >= 0"):
+        ModelConfig(refine_hidden=-1)
+    with pytest.raises(ValueError, match="refine_members must be >= 1"):
+        ModelConfig(refine_members=0)
 
 
 def _gaussian_mi_reference(x: np.ndarray, y: np.ndarray) -> float:

@@ -236,6 +236,18 @@ def test_model_card_describes_the_calibration_shape():
     assert "0.5 of the way from pooled to robust" in shaped and "1 - 0.7 (1 - tau)" in shaped
 
 
+def test_model_card_describes_a_refiner_fit_only_when_there_is_one():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from write_model_card import _refiner_lines  # noqa: PLC0415
+
+    assert _refiner_lines(None) == [] and _refiner_lines({}) == []
+    (line,) = _refiner_lines({"stores": ["/s/a", "/s/b"], "sets": 60000, "members": 5, "steps": 1000, "lr": 0.001,
+                              "holdout_sets": 6000, "holdout_loss_before": 0.115, "holdout_loss_after": 0.1076,
+                              "holdout_mae_before": 1.93, "holdout_mae_after": 1.78})
+    assert "60000 sets of `/s/a`, `/s/b`" in line and "5 members" in line and "0.1150 -> 0.1076" in line
+    assert "1.930 -> 1.780 nats" in line
+
+
 def test_screen_features_statistics_are_invariant_and_the_corrector_finds_a_real_signal():
     """screen_features.py: its statistics do not depend on the order of rows or on which block is x;
     its corrector, given a statistic that carries the error, removes most of it, and without that
@@ -317,3 +329,79 @@ def test_screen_features_rejects_unknown_feature_sets(tmp_path):
     r = _run("--checkpoint", "x", "--fit", "a", "--score", "b", "--work", str(tmp_path), "--set", "base+bogus",
              script="screen_features.py")
     assert r.returncode == 2 and "base, then +group" in r.stderr
+
+
+def test_fit_refiner_learns_what_a_statistic_tells_and_keeps_the_best_holdout_step():
+    """fit_refiner.py: when the head's answer misses the truth by a function of one statistic, the fitted
+    refiner removes most of that error on held-out sets; with only noise to read, its held-out loss never
+    rises above the head's own (the kept step is the best one, 0 if none helps)."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from model.network import DEFAULT_LEVELS
+    from scripts.fit_refiner import fit_refiner
+
+    rng = np.random.default_rng(0)
+    n, q = 1500, len(DEFAULT_LEVELS)
+    head_t = rng.uniform(0.5, 2.5, size=n)               # where the head puts log1p(MI)
+    raw = np.full((n, q), -3.0)                            # increments softplus(-3) = 0.05: a narrow spread
+    raw[:, 0] = np.log(np.expm1(head_t - 0.4))             # from a first quantile at head_t - 0.4
+    signal, noise = rng.normal(size=(n, 1)), rng.normal(size=(n, 1))
+    t = head_t + 0.8 * np.tanh(signal[:, 0])
+    weight = np.ones(n)
+    with_signal, report = fit_refiner(raw, signal, t, weight, DEFAULT_LEVELS, hidden=16, steps=600, seed=1)
+    assert report["holdout_mae_after"] < 0.5 * report["holdout_mae_before"], report
+    assert report["holdout_loss_after"] < 0.7 * report["holdout_loss_before"] and report["best_steps"][0] > 0, report
+    _, blind = fit_refiner(raw, noise, t, weight, DEFAULT_LEVELS, hidden=16, members=2, steps=600, seed=1)
+    assert len(blind["best_steps"]) == 2 and max(blind["member_losses"]) <= blind["holdout_loss_before"], blind
+    assert blind["holdout_loss_after"] <= blind["holdout_loss_before"] * 1.001, blind
+    assert blind["holdout_mae_after"] > 0.7 * blind["holdout_mae_before"], blind
+    import torch
+    with torch.no_grad():  # the module as fitted: monotone quantiles
+        out = torch.cumsum(torch.nn.functional.softplus(
+            with_signal(torch.tensor(raw[:5], dtype=torch.float32), torch.tensor(signal[:5], dtype=torch.float32))), -1)
+    assert (torch.diff(out, dim=-1) >= 0).all()
+    with pytest.raises(ValueError, match="holdout"):
+        fit_refiner(raw, signal, t, weight, DEFAULT_LEVELS, holdout=1.0)
+    with pytest.raises(ValueError, match="do not match"):
+        fit_refiner(raw[:10], signal, t, weight, DEFAULT_LEVELS)
+
+
+def test_fit_refiner_cli_writes_a_checkpoint_that_infer_loads(tmp_path):
+    """End to end on a tiny store and a tiny random network: the written checkpoint holds the network's
+    weights unchanged, a refiner, its report in the info, no calibration, and predicts through infer."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    import infer
+    from metagen.config import load_config
+    from metagen.generate import generate
+    from model.checkpoint import load_checkpoint, save_checkpoint
+    from model.network import MIEstimator, ModelConfig
+
+    generate(load_config(ROOT / "configs" / "metagen" / "tiny.toml"), tmp_path / "fit", num_sets=60, seed=5,
+             progress=False)
+    torch.manual_seed(0)
+    net = MIEstimator(ModelConfig(dim=16, heads=2, cell_layers=0, inducing=4, knn_rows=32, head_hidden=16,
+                                  use_raw_stats=True)).eval()
+    limits = {"n_min": 10, "n_max": 500, "dx_max": 16, "dy_max": 16, "mi_max": 35.0}
+    save_checkpoint(tmp_path / "net.safetensors", net, limits=limits, calibration=[0.0] * 23, info={"step": 7})
+    proc = _run("--checkpoint", str(tmp_path / "net.safetensors"), "--store", str(tmp_path / "fit"), "--out",
+                str(tmp_path / "refined.safetensors"), "--work", str(tmp_path / "work"), "--steps", "50",
+                "--hidden", "8", "--members", "2", "--score", str(tmp_path / "fit"), script="fit_refiner.py")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["holdout_sets"] == 6 and report["holdout_loss_after"] <= report["holdout_loss_before"]
+    assert set(report["mae_fit"]) == {"before", "after"} and report["mae_fit"]["before"] > 0
+    refined, meta = load_checkpoint(tmp_path / "refined.safetensors")
+    assert (refined.config.refine_hidden, refined.config.refine_members) == (8, 2) and meta["calibration"] is None
+    assert meta["info"]["step"] == 7 and meta["info"]["refiner"]["sets"] == 60
+    state = refined.state_dict()
+    for k, v in net.state_dict().items():
+        assert torch.equal(state[k], v), k
+    assert (tmp_path / "work").is_dir() and list((tmp_path / "work").glob("refiner-inputs-*.npz"))
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 2))
+    q = infer.predict_mi_quantiles(x, x + rng.normal(size=(200, 2)), checkpoint=tmp_path / "refined.safetensors")
+    assert np.isfinite(q).all() and (np.diff(q) >= 0).all()
