@@ -65,7 +65,8 @@ def refiner_inputs(checkpoint: Path, store_path: str, work: Path) -> dict[str, n
 
 def fit_refiner(raw: np.ndarray, stats: np.ndarray, t: np.ndarray, weight: np.ndarray, levels, *, hidden: int = 64,
                 members: int = 1, steps: int = 3000, lr: float = 3e-3, weight_decay: float = 1e-3,
-                holdout: float = 0.1, seed: int = 0, eval_every: int = 50) -> tuple[Refiner, dict]:
+                holdout: float = 0.1, seed: int = 0, eval_every: int = 50, progress: bool = False
+                ) -> tuple[Refiner, dict]:
     """A `Refiner` of `members` MLPs fitted on head outputs raw (N, Q), statistics (N, S) and truth
     t = log1p(MI) (N,), each set's loss weighted by `weight` (N,), `levels` (Q,) the quantile levels.
 
@@ -123,6 +124,9 @@ def fit_refiner(raw: np.ndarray, stats: np.ndarray, t: np.ndarray, weight: np.nd
         refiner.nets[i].load_state_dict(best[2])
         report["member_losses"].append(best[0])
         report["best_steps"].append(best[1])
+        if progress:
+            print(f"fit_refiner: member {i + 1}/{members}: held-out loss {base:.5f} -> {best[0]:.5f} at step {best[1]}",
+                  file=sys.stderr, flush=True)
     refiner.eval()
     with torch.no_grad():
         mid = int(np.argmin(np.abs(levels.numpy() - 0.5)))
@@ -179,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     refiner, report = fit_refiner(cat["raw"], cat["stats"], cat["t"], weight, model.config.quantile_levels,
                                   hidden=args.hidden, members=args.members, steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
-                                  holdout=args.holdout, seed=args.seed)
+                                  holdout=args.holdout, seed=args.seed, progress=True)
     report["fit_seconds"] = round(time.perf_counter() - start, 1)
     for store in args.score:
         table = refiner_inputs(Path(args.checkpoint), store, work)
