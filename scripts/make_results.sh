@@ -5,6 +5,7 @@
 #   bash scripts/make_results.sh                 # all of it (~1-1.5 h on 2 cores; KSG at n = 5,000 is most of the test stores)
 #                                                # the bench and test stores run side by side (JOBS=1: one after the other);
 #                                                # session 24, stores already built: about 16 minutes
+#                                                # session 26, stores built, no earlier results to reuse: 14 minutes
 #   CHECKPOINT=runs/x/best.safetensors RESULTS_DIR=/tmp/r bash scripts/make_results.sh
 #   REUSE=1 bash scripts/make_results.sh         # new checkpoint: copy the baselines' per-set results
 #                                                # from the previous run's results.json (minutes, not an hour)
