@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from model.blocks import ISAB, PMA, SAB
 from model.preprocess import COL_FEATURES, KNN_FEATURES, Batch, ksg_stats_slice, stats_dim, stats_layout
 
+REFINE_INPUTS = ("stats", "head")
 DEFAULT_LEVELS = (0.01, 0.025, 0.05) + tuple(round(0.1 + 0.05 * i, 2) for i in range(17)) + (0.95, 0.975, 0.99)
 
 
@@ -80,6 +81,7 @@ class ModelConfig:
     use_raw_stats: bool = False  # Gaussian MI of the raw values' canonical correlations for the head (False: older checkpoints)
     refine_hidden: int = 0  # hidden width of the refiner MLPs on [head quantiles, statistics] (0: none, older checkpoints)
     refine_members: int = 1  # refiner MLPs, fitted apart, whose corrections are averaged (an ensemble)
+    refine_inputs: str = "stats"  # what the refiner reads besides the head's quantiles: "stats" or "head" (its whole input)
     strata: int = 8  # at most this many strata of the row norms in them (fewer when n < 2 strata (dx + dy))
     quantile_levels: tuple[float, ...] = field(default=DEFAULT_LEVELS)  # fixed output grid, increasing in (0, 1)
 
@@ -90,6 +92,8 @@ class ModelConfig:
             raise ValueError(f"quantile_levels must be >= 2 strictly increasing values in (0, 1), got {lv}")
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if self.refine_inputs not in REFINE_INPUTS:
+            raise ValueError(f"refine_inputs must be one of {REFINE_INPUTS}, got {self.refine_inputs!r}")
         if self.input_transform not in ("copula", "standardize"):
             raise ValueError(f"input_transform must be 'copula' or 'standardize', got {self.input_transform!r}")
         for name in ("dim", "heads", "ffn_mult", "cell_rows", "inducing", "basis", "head_hidden", "knn_k", "knn_rows",
@@ -229,17 +233,30 @@ class MIEstimator(nn.Module):
             self.head[-1].bias.fill_(-2.0)
         self.refine = None
         if config.refine_hidden:
-            self.refine = Refiner(q + stats_dim(config), config.refine_hidden, q, config.refine_members)
+            n_ctx = stats_dim(config) + (3 * dim if config.refine_inputs == "head" else 0)
+            self.refine = Refiner(q + n_ctx, config.refine_hidden, q, config.refine_members)
 
     def forward(self, batch: Batch) -> Tensor:
         """batch with B sets -> (B, Q) non-decreasing, >= 0 quantiles of t = log1p(MI in nats)."""
-        raw = self.head_outputs(batch)
+        head_in = self.head_input(batch)
+        raw = self.head(head_in)
         if self.refine is not None:
-            raw = self.refine(raw, batch.stats.to(raw.dtype))
+            raw = self.refine(raw, self.refiner_context(head_in, self.config.refine_inputs))
         return torch.cumsum(F.softplus(raw), dim=-1)
 
     def head_outputs(self, batch: Batch) -> Tensor:
         """The head's pre-softplus outputs (B, Q), before the refiner: quantiles = cumsum(softplus(.))."""
+        return self.head(self.head_input(batch))
+
+    def refiner_context(self, head_in: Tensor, inputs: str) -> Tensor:
+        """What a refiner reads besides the head's quantiles, from the head's input (B, 3 dim + S):
+        "stats" the set statistics (B, S), "head" all of it."""
+        if inputs not in REFINE_INPUTS:
+            raise ValueError(f"refiner inputs must be one of {REFINE_INPUTS}, got {inputs!r}")
+        return head_in if inputs == "head" else head_in[:, 3 * self.config.dim:]
+
+    def head_input(self, batch: Batch) -> Tensor:
+        """The head's input (B, 3 dim + S): [pooled row tokens, x + y and x * y column-context means, set statistics]."""
         col_valid, is_y = batch.col_mask, batch.is_y
         x_valid = col_valid & ~is_y
         y_valid = col_valid & is_y
@@ -271,8 +288,7 @@ class MIEstimator(nn.Module):
         # 4. head on symmetric summaries
         cx = _masked_mean(ctx, x_valid, dim=1)
         cy = _masked_mean(ctx, y_valid, dim=1)
-        head_in = torch.cat([pooled, cx + cy, cx * cy, batch.stats.to(pooled.dtype)], dim=-1)
-        return self.head(head_in)
+        return torch.cat([pooled, cx + cy, cx * cy, batch.stats.to(pooled.dtype)], dim=-1)
 
     def num_parameters(self) -> int:
         """Number of trainable parameters."""
@@ -417,15 +433,16 @@ def add_raw_statistics(model: MIEstimator) -> MIEstimator:
     return _with_more_statistics(model, dataclasses.replace(model.config, use_raw_stats=True))
 
 
-def add_refiner(model: MIEstimator, hidden: int = 64, members: int = 1) -> MIEstimator:
-    """`model` with a new refiner (`Refiner`: `members` MLPs of width `hidden`), same function (their last
-    layers are zero). A model that has one already gets a fresh one (the old refiner is dropped).
+def add_refiner(model: MIEstimator, hidden: int = 64, members: int = 1, inputs: str = "stats") -> MIEstimator:
+    """`model` with a new refiner (`Refiner`: `members` MLPs of width `hidden` reading the head's quantiles and
+    `inputs`, see `ModelConfig.refine_inputs`), same function (their last layers are zero). A model that has
+    one already gets a fresh one (the old refiner is dropped).
     """
     if hidden < 1 or members < 1:
         raise ValueError(f"add_refiner: hidden and members must be >= 1, got {hidden} and {members}")
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("refine.")}
     ref = next(model.parameters())
-    config = dataclasses.replace(model.config, refine_hidden=hidden, refine_members=members)
+    config = dataclasses.replace(model.config, refine_hidden=hidden, refine_members=members, refine_inputs=inputs)
     new = MIEstimator(config).to(device=ref.device, dtype=ref.dtype)
     missing, unexpected = new.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("refine.") for k in missing):

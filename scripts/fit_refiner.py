@@ -6,7 +6,8 @@
 The network is frozen. For every set of the fitting stores (training-distribution sets the
 network has not seen; never a validation, calibration or test store) the script computes,
 exactly as ``infer`` does (same subsampling, no calibration), the head's pre-softplus outputs
-(Q,) and the set statistics (S,) (``MIEstimator.head_outputs``, ``Batch.stats``), cached under
+(Q,) and what the refiner reads besides them (``--inputs stats``: the set statistics; ``head``: the
+head's whole input, pooled row tokens and column-context summaries too; ``MIEstimator.refiner_context``), cached under
 ``--work``. It then fits a `model.network.Refiner` on them by the training loss (pinball on
 log1p(MI) at every quantile level, each set weighted as ``train.py --n_weight_power`` repeats
 it), full batch with AdamW and a cosine learning rate, keeps the step with the least loss on a
@@ -33,41 +34,45 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.checkpoint import lineage, load_checkpoint, save_checkpoint  # noqa: E402
-from model.network import MIEstimator, Refiner, add_refiner  # noqa: E402
+from model.network import REFINE_INPUTS, MIEstimator, Refiner, add_refiner  # noqa: E402
 from scripts.ship_checkpoint import uncalibrated_predictions  # noqa: E402
 from training.data import n_repeats  # noqa: E402
 
 
-def head_and_statistics(model: MIEstimator, batch) -> torch.Tensor:
-    """(B, Q + S): the head's pre-softplus outputs, then the set statistics."""
-    raw = model.head_outputs(batch)
-    return torch.cat([raw, batch.stats.to(raw.dtype)], dim=-1)
+def head_and_context(inputs: str):
+    """outputs(model, batch) -> (B, Q + C): the head's pre-softplus outputs, then what a refiner reading `inputs`
+    sees (``MIEstimator.refiner_context``: the set statistics, or the head's whole input)."""
+    def outputs(model: MIEstimator, batch) -> torch.Tensor:
+        head_in = model.head_input(batch)
+        return torch.cat([model.head(head_in), model.refiner_context(head_in, inputs)], dim=-1)
+    return outputs
 
 
-def refiner_inputs(checkpoint: Path, store_path: str, work: Path) -> dict[str, np.ndarray]:
-    """Per set of a store: {"raw" (N, Q), "stats" (N, S), "t" (N,) log1p of the true MI (nats), "n" (N,) rows
-    the network saw}, computed as ``infer`` would, cached under `work` per checkpoint content and store."""
+def refiner_inputs(checkpoint: Path, store_path: str, work: Path, inputs: str = "stats") -> dict[str, np.ndarray]:
+    """Per set of a store: {"raw" (N, Q), "context" (N, C) (`head_and_context`), "t" (N,) log1p of the true MI
+    (nats), "n" (N,) rows the network saw}, computed as ``infer`` would, cached under `work` per checkpoint
+    content, store and `inputs`."""
     work.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:12]
-    cache = work / f"refiner-inputs-{digest}-{Path(store_path).name}.npz"
+    cache = work / f"refiner-inputs-{inputs}-{digest}-{Path(store_path).name}.npz"
     if cache.is_file():
         return dict(np.load(cache))
     model, meta = load_checkpoint(checkpoint)
     q = len(model.config.quantile_levels)
     start = time.perf_counter()
     pred = uncalibrated_predictions(model, dict(meta["limits"]), meta.get("info") or {}, [store_path],
-                                    work / f"{digest}-uncalibrated.safetensors", outputs=head_and_statistics)
-    out = {"raw": pred["grid"][:, :q], "stats": pred["grid"][:, q:], "t": pred["t"], "n": pred["n"]}
+                                    work / f"{digest}-uncalibrated.safetensors", outputs=head_and_context(inputs))
+    out = {"raw": pred["grid"][:, :q], "context": pred["grid"][:, q:], "t": pred["t"], "n": pred["n"]}
     print(f"fit_refiner: {len(out['t'])} sets of {store_path} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     np.savez(cache, **out)
     return out
 
 
-def fit_refiner(raw: np.ndarray, stats: np.ndarray, t: np.ndarray, weight: np.ndarray, levels, *, hidden: int = 64,
+def fit_refiner(raw: np.ndarray, context: np.ndarray, t: np.ndarray, weight: np.ndarray, levels, *, hidden: int = 64,
                 members: int = 1, steps: int = 3000, lr: float = 3e-3, weight_decay: float = 1e-3,
                 holdout: float = 0.1, seed: int = 0, eval_every: int = 50, progress: bool = False
                 ) -> tuple[Refiner, dict]:
-    """A `Refiner` of `members` MLPs fitted on head outputs raw (N, Q), statistics (N, S) and truth
+    """A `Refiner` of `members` MLPs fitted on head outputs raw (N, Q), what it reads besides them (N, C) and truth
     t = log1p(MI) (N,), each set's loss weighted by `weight` (N,), `levels` (Q,) the quantile levels.
 
     A share `holdout` of the sets (drawn with `seed`) is kept out of the fit. Each member starts from its own
@@ -78,25 +83,25 @@ def fit_refiner(raw: np.ndarray, stats: np.ndarray, t: np.ndarray, weight: np.nd
     n = len(t)
     if not 0 < holdout < 1:
         raise ValueError(f"holdout must be in (0, 1), got {holdout}")
-    if raw.shape[0] != n or stats.shape[0] != n or weight.shape != (n,):
-        raise ValueError(f"raw {raw.shape}, stats {stats.shape}, weight {weight.shape} do not match t ({n},)")
+    if raw.shape[0] != n or context.shape[0] != n or weight.shape != (n,):
+        raise ValueError(f"raw {raw.shape}, context {context.shape}, weight {weight.shape} do not match t ({n},)")
     n_hold = max(1, int(round(holdout * n)))
     if n - n_hold < 2:
         raise ValueError(f"need at least 2 sets to fit after holding out {n_hold} of {n}")
     perm = np.random.default_rng(seed).permutation(n)
     parts = {"fit": perm[n_hold:], "hold": perm[:n_hold]}
     fit, hold = ({name: torch.tensor(a[idx], dtype=torch.float32) for name, a in
-                  (("raw", raw), ("stats", stats), ("t", t), ("w", weight))} for idx in parts.values())
+                  (("raw", raw), ("context", context), ("t", t), ("w", weight))} for idx in parts.values())
     levels = torch.tensor(np.asarray(levels, dtype=np.float64), dtype=torch.float32)
-    refiner = Refiner(raw.shape[1] + stats.shape[1], hidden, raw.shape[1], members)
+    refiner = Refiner(raw.shape[1] + context.shape[1], hidden, raw.shape[1], members)
     with torch.no_grad():  # standardize the inputs on the fitting sets
-        z = torch.cat([torch.cumsum(torch.nn.functional.softplus(fit["raw"]), -1), fit["stats"]], -1)
+        z = torch.cat([torch.cumsum(torch.nn.functional.softplus(fit["raw"]), -1), fit["context"]], -1)
         refiner.shift.copy_(z.mean(0))
         std = z.std(0)
         refiner.scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     def loss_of(part: dict, module: Refiner | None) -> torch.Tensor:
-        out = part["raw"] if module is None else module(part["raw"], part["stats"])
+        out = part["raw"] if module is None else module(part["raw"], part["context"])
         pred = torch.cumsum(torch.nn.functional.softplus(out), -1)  # (N, Q) quantiles of log1p(MI)
         return (_pinball_per_set(pred, part["t"], levels) * part["w"]).sum() / part["w"].sum()
 
@@ -131,7 +136,7 @@ def fit_refiner(raw: np.ndarray, stats: np.ndarray, t: np.ndarray, weight: np.nd
     with torch.no_grad():
         mid = int(np.argmin(np.abs(levels.numpy() - 0.5)))
         before = torch.cumsum(torch.nn.functional.softplus(hold["raw"]), -1)[:, mid]
-        after = torch.cumsum(torch.nn.functional.softplus(refiner(hold["raw"], hold["stats"])), -1)[:, mid]
+        after = torch.cumsum(torch.nn.functional.softplus(refiner(hold["raw"], hold["context"])), -1)[:, mid]
         truth = torch.expm1(hold["t"])
         report.update(holdout_loss_after=float(loss_of(hold, refiner)),
                       holdout_mae_before=float((torch.expm1(before) - truth).abs().mean()),
@@ -150,7 +155,7 @@ def median_errors(refiner: Refiner | None, table: dict[str, np.ndarray], levels)
     (None: the head's own)."""
     raw = torch.tensor(table["raw"], dtype=torch.float32)
     with torch.no_grad():
-        out = raw if refiner is None else refiner(raw, torch.tensor(table["stats"], dtype=torch.float32))
+        out = raw if refiner is None else refiner(raw, torch.tensor(table["context"], dtype=torch.float32))
         q = torch.cumsum(torch.nn.functional.softplus(out), -1).double().numpy()
     mid = int(np.argmin(np.abs(np.asarray(levels) - 0.5)))
     return np.abs(np.expm1(q[:, mid]) - np.expm1(table["t"]))
@@ -163,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="checkpoint to write (uncalibrated; ship_checkpoint refits)")
     p.add_argument("--work", default="/tmp/fit_refiner", help="cache of the precomputed inputs")
     p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--inputs", choices=REFINE_INPUTS, default="stats",
+                   help="what the refiner reads besides the head's quantiles (ModelConfig.refine_inputs)")
     p.add_argument("--members", type=int, default=5, help="MLPs fitted from different seeds, corrections averaged")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -177,23 +184,23 @@ def main(argv: list[str] | None = None) -> int:
     model, meta = load_checkpoint(args.checkpoint)
     if model.refine is not None:
         print(f"fit_refiner: {args.checkpoint} has a refiner already; fitting a new one on its head", file=sys.stderr)
-    tables = [refiner_inputs(Path(args.checkpoint), s, work) for s in args.store]
-    cat = {k: np.concatenate([tb[k] for tb in tables]) for k in ("raw", "stats", "t", "n")}
+    tables = [refiner_inputs(Path(args.checkpoint), s, work, args.inputs) for s in args.store]
+    cat = {k: np.concatenate([tb[k] for tb in tables]) for k in ("raw", "context", "t", "n")}
     weight = n_repeats(cat["n"], args.n_weight_power).astype(np.float64)
     start = time.perf_counter()
-    refiner, report = fit_refiner(cat["raw"], cat["stats"], cat["t"], weight, model.config.quantile_levels,
+    refiner, report = fit_refiner(cat["raw"], cat["context"], cat["t"], weight, model.config.quantile_levels,
                                   hidden=args.hidden, members=args.members, steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
                                   holdout=args.holdout, seed=args.seed, progress=True)
     report["fit_seconds"] = round(time.perf_counter() - start, 1)
     for store in args.score:
-        table = refiner_inputs(Path(args.checkpoint), store, work)
+        table = refiner_inputs(Path(args.checkpoint), store, work, args.inputs)
         levels = model.config.quantile_levels
         report[f"mae_{Path(store).name}"] = {"before": float(median_errors(None, table, levels).mean()),
                                              "after": float(median_errors(refiner, table, levels).mean())}
-    new = add_refiner(model, args.hidden, args.members)
+    new = add_refiner(model, args.hidden, args.members, args.inputs)
     new.refine.load_state_dict(refiner.state_dict())
     info = dict(meta.get("info") or {})
-    info["refiner"] = {"stores": [str(s) for s in args.store], "sets": int(len(cat["t"])), "members": args.members, "steps": args.steps,
+    info["refiner"] = {"stores": [str(s) for s in args.store], "sets": int(len(cat["t"])), "inputs": args.inputs, "members": args.members, "steps": args.steps,
                        "lr": args.lr, "weight_decay": args.weight_decay, "n_weight_power": args.n_weight_power,
                        "seed": args.seed, "from": lineage(args.checkpoint, meta), **report}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -90,8 +90,9 @@ def _pair(n, dx, dy, seed=0):
 
 
 @pytest.fixture(scope="module", params=[{}, dict(use_col_stats=True), dict(use_nonlinear_stats=True),
-                                        dict(use_raw_stats=True), dict(use_raw_stats=True, refine_hidden=8, refine_members=2)],
-                ids=["plain", "col_stats", "strata", "raw_stats", "refiner"])
+                                        dict(use_raw_stats=True), dict(use_raw_stats=True, refine_hidden=8, refine_members=2),
+                                        dict(refine_hidden=8, refine_inputs="head")],
+                ids=["plain", "col_stats", "strata", "raw_stats", "refiner", "refiner_head"])
 def model(request):
     return _model(**request.param)
 
@@ -346,6 +347,13 @@ def test_adding_a_refiner_starts_from_the_same_function_and_then_learns():
         ModelConfig(refine_hidden=-1)
     with pytest.raises(ValueError, match="refine_members must be >= 1"):
         ModelConfig(refine_members=0)
+    with pytest.raises(ValueError, match="refine_inputs must be one of"):
+        ModelConfig(refine_inputs="pooled")
+    head = add_refiner(old, 8, inputs="head")  # reads the head's whole input: 3 dim + S numbers besides Q
+    assert head.refine.shift.numel() == len(old.config.quantile_levels) + 3 * old.config.dim + stats_dim(old.config)
+    _same_function_then_backward(old, head)
+    with pytest.raises(ValueError, match="refiner inputs must be one of"):
+        head.refiner_context(torch.zeros(1, 3), "pooled")
 
 
 def _gaussian_mi_reference(x: np.ndarray, y: np.ndarray) -> float:

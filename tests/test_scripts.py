@@ -389,13 +389,14 @@ def test_fit_refiner_cli_writes_a_checkpoint_that_infer_loads(tmp_path):
     save_checkpoint(tmp_path / "net.safetensors", net, limits=limits, calibration=[0.0] * 23, info={"step": 7})
     proc = _run("--checkpoint", str(tmp_path / "net.safetensors"), "--store", str(tmp_path / "fit"), "--out",
                 str(tmp_path / "refined.safetensors"), "--work", str(tmp_path / "work"), "--steps", "50",
-                "--hidden", "8", "--members", "2", "--score", str(tmp_path / "fit"), script="fit_refiner.py")
+                "--hidden", "8", "--members", "2", "--inputs", "head", "--score", str(tmp_path / "fit"), script="fit_refiner.py")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["holdout_sets"] == 6 and report["holdout_loss_after"] <= report["holdout_loss_before"]
     assert set(report["mae_fit"]) == {"before", "after"} and report["mae_fit"]["before"] > 0
     refined, meta = load_checkpoint(tmp_path / "refined.safetensors")
-    assert (refined.config.refine_hidden, refined.config.refine_members) == (8, 2) and meta["calibration"] is None
+    assert (refined.config.refine_hidden, refined.config.refine_members, refined.config.refine_inputs) == (8, 2, "head")
+    assert meta["calibration"] is None and meta["info"]["refiner"]["inputs"] == "head"
     assert meta["info"]["step"] == 7 and meta["info"]["refiner"]["sets"] == 60
     state = refined.state_dict()
     for k, v in net.state_dict().items():
