@@ -244,10 +244,6 @@ class MIEstimator(nn.Module):
             raw = self.refine(raw, self.refiner_context(head_in, self.config.refine_inputs))
         return torch.cumsum(F.softplus(raw), dim=-1)
 
-    def head_outputs(self, batch: Batch) -> Tensor:
-        """The head's pre-softplus outputs (B, Q), before the refiner: quantiles = cumsum(softplus(.))."""
-        return self.head(self.head_input(batch))
-
     def refiner_context(self, head_in: Tensor, inputs: str) -> Tensor:
         """What a refiner reads besides the head's quantiles, from the head's input (B, 3 dim + S):
         "stats" the set statistics (B, S), "head" all of it."""
@@ -519,5 +515,6 @@ def widen(model: MIEstimator, dim: int, seed: int = 0) -> MIEstimator:
     return new.train(model.training)
 
 
-__all__ = ["ModelConfig", "MIEstimator", "DEFAULT_LEVELS", "INPUT_SWITCHES", "Refiner", "add_cell_layers",
-           "add_column_statistics", "add_refiner", "add_row_layers", "add_nonlinear_statistics", "add_raw_statistics", "switch_inputs", "widen"]
+__all__ = ["ModelConfig", "MIEstimator", "DEFAULT_LEVELS", "INPUT_SWITCHES", "REFINE_INPUTS", "Refiner", "add_cell_layers",
+           "add_column_statistics", "add_refiner", "add_row_layers", "add_nonlinear_statistics", "add_raw_statistics",
+           "switch_inputs", "widen"]

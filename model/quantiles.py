@@ -32,15 +32,20 @@ def from_target(t: Tensor) -> Tensor:
     return torch.expm1(t).clamp_min(0.0)
 
 
-def pinball_loss(pred: Tensor, target_t: Tensor, levels: Tensor) -> Tensor:
+def pinball_loss(pred: Tensor, target_t: Tensor, levels: Tensor, weight: Tensor | None = None) -> Tensor:
     """Pinball (quantile) loss averaged over the grid and the batch.
 
     pred (B, Q) predicted quantiles, target_t (B,) true t, levels (Q,) in (0, 1).
-    loss = mean_{b,q} max(tau_q * (t_b - pred_bq), (tau_q - 1) * (t_b - pred_bq)).
+    loss = mean_{b,q} max(tau_q * (t_b - pred_bq), (tau_q - 1) * (t_b - pred_bq)); with `weight` (B,),
+    the sets' grid means are averaged with those weights instead.
     """
     levels = levels.to(dtype=pred.dtype, device=pred.device)
     diff = target_t.to(pred.dtype)[:, None] - pred
-    return torch.maximum(levels * diff, (levels - 1.0) * diff).mean()
+    loss = torch.maximum(levels * diff, (levels - 1.0) * diff)
+    if weight is None:
+        return loss.mean()
+    weight = weight.to(loss.dtype)
+    return (loss.mean(-1) * weight).sum() / weight.sum()
 
 
 def _to_numpy(a) -> tuple[np.ndarray, Tensor | None]:

@@ -41,16 +41,19 @@ from scripts.ship_checkpoint import _int_list, uncalibrated_predictions  # noqa:
 from scripts.select_checkpoint import outside_bands  # noqa: E402
 
 
-def raw_grid(checkpoint: Path, store_path: str, work: Path) -> dict[str, np.ndarray]:
+def raw_grid(checkpoint: Path, store_path: str, work: Path, outputs=None, tag: str = "") -> dict[str, np.ndarray]:
     """Uncalibrated grid (N, Q) in log1p nats, truth t = log1p(MI) (N,), rows seen n (N,), dims labels (N,)
-    (``ship_checkpoint.uncalibrated_predictions``), cached under `work` per checkpoint content and store name."""
+    (``ship_checkpoint.uncalibrated_predictions``), cached under `work` per checkpoint content and store name.
+    outputs: other per-set values as "grid" (N, F) (``infer._forward_grid``), cached under the name prefix `tag`."""
+    work.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:12]
-    cache = work / f"{digest}-{Path(store_path).name}.npz"
+    cache = work / f"{tag}{digest}-{Path(store_path).name}.npz"
     if cache.is_file():
         return dict(np.load(cache))
     model, meta = load_checkpoint(checkpoint)
     pred = uncalibrated_predictions(model, dict(meta["limits"]), meta.get("info") or {}, [store_path],
-                                    work / f"{digest}-uncalibrated.safetensors")  # per checkpoint: studies share work
+                                    work / f"{digest}-uncalibrated.safetensors",  # per checkpoint: studies share work
+                                    outputs=outputs)
     out = {k: pred[k] for k in ("grid", "t", "n", "dims")}
     np.savez(cache, **out)
     return out

@@ -22,7 +22,6 @@ fifth of that; precomputed inputs make thousands of full passes cost seconds.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -35,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.checkpoint import lineage, load_checkpoint, save_checkpoint  # noqa: E402
 from model.network import REFINE_INPUTS, MIEstimator, Refiner, add_refiner  # noqa: E402
-from scripts.ship_checkpoint import uncalibrated_predictions  # noqa: E402
+from model.quantiles import pinball_loss  # noqa: E402
+from scripts.calibration_study import raw_grid  # noqa: E402
 from training.data import n_repeats  # noqa: E402
 
 
@@ -52,20 +52,11 @@ def refiner_inputs(checkpoint: Path, store_path: str, work: Path, inputs: str = 
     """Per set of a store: {"raw" (N, Q), "context" (N, C) (`head_and_context`), "t" (N,) log1p of the true MI
     (nats), "n" (N,) rows the network saw}, computed as ``infer`` would, cached under `work` per checkpoint
     content, store and `inputs`."""
-    work.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:12]
-    cache = work / f"refiner-inputs-{inputs}-{digest}-{Path(store_path).name}.npz"
-    if cache.is_file():
-        return dict(np.load(cache))
-    model, meta = load_checkpoint(checkpoint)
-    q = len(model.config.quantile_levels)
+    q = len(load_checkpoint(checkpoint)[0].config.quantile_levels)
     start = time.perf_counter()
-    pred = uncalibrated_predictions(model, dict(meta["limits"]), meta.get("info") or {}, [store_path],
-                                    work / f"{digest}-uncalibrated.safetensors", outputs=head_and_context(inputs))
-    out = {"raw": pred["grid"][:, :q], "context": pred["grid"][:, q:], "t": pred["t"], "n": pred["n"]}
-    print(f"fit_refiner: {len(out['t'])} sets of {store_path} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    np.savez(cache, **out)
-    return out
+    pred = raw_grid(checkpoint, store_path, work, outputs=head_and_context(inputs), tag=f"refiner-inputs-{inputs}-")
+    print(f"fit_refiner: {len(pred['t'])} sets of {store_path} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return {"raw": pred["grid"][:, :q], "context": pred["grid"][:, q:], "t": pred["t"], "n": pred["n"]}
 
 
 def fit_refiner(raw: np.ndarray, context: np.ndarray, t: np.ndarray, weight: np.ndarray, levels, *, hidden: int = 64,
@@ -103,7 +94,7 @@ def fit_refiner(raw: np.ndarray, context: np.ndarray, t: np.ndarray, weight: np.
     def loss_of(part: dict, module: Refiner | None) -> torch.Tensor:
         out = part["raw"] if module is None else module(part["raw"], part["context"])
         pred = torch.cumsum(torch.nn.functional.softplus(out), -1)  # (N, Q) quantiles of log1p(MI)
-        return (_pinball_per_set(pred, part["t"], levels) * part["w"]).sum() / part["w"].sum()
+        return pinball_loss(pred, part["t"], levels, weight=part["w"])
 
     with torch.no_grad():
         base = float(loss_of(hold, None))
@@ -134,20 +125,11 @@ def fit_refiner(raw: np.ndarray, context: np.ndarray, t: np.ndarray, weight: np.
                   file=sys.stderr, flush=True)
     refiner.eval()
     with torch.no_grad():
-        mid = int(np.argmin(np.abs(levels.numpy() - 0.5)))
-        before = torch.cumsum(torch.nn.functional.softplus(hold["raw"]), -1)[:, mid]
-        after = torch.cumsum(torch.nn.functional.softplus(refiner(hold["raw"], hold["context"])), -1)[:, mid]
-        truth = torch.expm1(hold["t"])
-        report.update(holdout_loss_after=float(loss_of(hold, refiner)),
-                      holdout_mae_before=float((torch.expm1(before) - truth).abs().mean()),
-                      holdout_mae_after=float((torch.expm1(after) - truth).abs().mean()))
+        report["holdout_loss_after"] = float(loss_of(hold, refiner))
+    held_out = {"raw": raw[parts["hold"]], "context": context[parts["hold"]], "t": t[parts["hold"]]}
+    report["holdout_mae_before"] = float(median_errors(None, held_out, levels.numpy()).mean())
+    report["holdout_mae_after"] = float(median_errors(refiner, held_out, levels.numpy()).mean())
     return refiner, report
-
-
-def _pinball_per_set(pred: torch.Tensor, t: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """Pinball loss per set (N,), averaged over the Q levels, of quantiles pred (N, Q) against t (N,)."""
-    diff = t[:, None] - pred
-    return torch.maximum(levels * diff, (levels - 1.0) * diff).mean(-1)
 
 
 def median_errors(refiner: Refiner | None, table: dict[str, np.ndarray], levels) -> np.ndarray:
@@ -189,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     weight = n_repeats(cat["n"], args.n_weight_power).astype(np.float64)
     start = time.perf_counter()
     refiner, report = fit_refiner(cat["raw"], cat["context"], cat["t"], weight, model.config.quantile_levels,
-                                  hidden=args.hidden, members=args.members, steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
-                                  holdout=args.holdout, seed=args.seed, progress=True)
+                                  hidden=args.hidden, members=args.members, steps=args.steps, lr=args.lr,
+                                  weight_decay=args.weight_decay, holdout=args.holdout, seed=args.seed, progress=True)
     report["fit_seconds"] = round(time.perf_counter() - start, 1)
     for store in args.score:
         table = refiner_inputs(Path(args.checkpoint), store, work, args.inputs)
@@ -200,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     new = add_refiner(model, args.hidden, args.members, args.inputs)
     new.refine.load_state_dict(refiner.state_dict())
     info = dict(meta.get("info") or {})
-    info["refiner"] = {"stores": [str(s) for s in args.store], "sets": int(len(cat["t"])), "inputs": args.inputs, "members": args.members, "steps": args.steps,
-                       "lr": args.lr, "weight_decay": args.weight_decay, "n_weight_power": args.n_weight_power,
+    info["refiner"] = {"stores": [str(s) for s in args.store], "sets": int(len(cat["t"])), "inputs": args.inputs,
+                       "members": args.members, "steps": args.steps, "lr": args.lr, "weight_decay": args.weight_decay, "n_weight_power": args.n_weight_power,
                        "seed": args.seed, "from": lineage(args.checkpoint, meta), **report}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.out, new.eval(), limits=dict(meta["limits"]), calibration=None, info=info)

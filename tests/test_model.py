@@ -645,6 +645,12 @@ def test_pinball_loss_matches_numpy():
     )
     got = pinball_loss(torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(levels))
     assert abs(got.item() - expected) < 1e-12
+    # weighted: each set's mean over the grid, averaged with the weights (an integer weight = the set repeated)
+    w = np.arange(1, len(target) + 1, dtype=np.float64)
+    repeated = np.repeat(np.arange(len(target)), w.astype(int))
+    want = pinball_loss(torch.from_numpy(pred[repeated]), torch.from_numpy(target[repeated]), torch.from_numpy(levels))
+    got_w = pinball_loss(torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(levels), torch.from_numpy(w))
+    assert abs(got_w.item() - want.item()) < 1e-12
 
 
 def test_interpolation_exact_on_grid_monotone_and_extrapolates():
