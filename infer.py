@@ -58,6 +58,7 @@ import torch
 
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.network import MIEstimator
+from model.novelty import NoveltyReference, apply_calibration_by_novelty, novelty_bins
 from model.preprocess import Batch, canonical_subset, prepare_batch
 from model.quantiles import apply_calibration, interpolate_quantiles
 from model.tracing import trace_single_set
@@ -90,6 +91,7 @@ class _Loaded:
     meta: dict
     device: torch.device
     calibration_n_edges: tuple[int, ...] = ()  # edges of the n ranges of a (R, Q) calibration
+    novelty: NoveltyReference | None = None  # set: the calibration has one leading row per novelty bin
 
     @functools.cached_property
     def single(self) -> Callable[[Batch], torch.Tensor] | None:
@@ -119,7 +121,7 @@ def _load_cached(path: str, mtime_ns: int, device: str) -> _Loaded:
     calib = meta.get("calibration")
     calib = None if calib is None else np.asarray(calib, dtype=np.float64)
     return _Loaded(model, levels, calib, dict(meta.get("limits") or {}), meta, torch.device(device),
-                   tuple(meta.get("calibration_n_edges") or ()))
+                   tuple(meta.get("calibration_n_edges") or ()), meta.get("calibration_novelty"))
 
 
 def load(checkpoint: str | os.PathLike | None = None, device: str | torch.device | None = None) -> _Loaded:
@@ -229,13 +231,20 @@ def _check_range(
     return x, y
 
 
-def _grid_to_levels(loaded: _Loaded, grid_t: np.ndarray, q: np.ndarray, n: np.ndarray) -> np.ndarray:
+def _grid_to_levels(loaded: _Loaded, grid_t: np.ndarray, q: np.ndarray, n: np.ndarray,
+                    stats: np.ndarray | None = None) -> np.ndarray:
     """(B, Q) grid in log1p space -> (B, L) quantiles in nats at levels q.
 
     n (B,): rows each set reached the network with (after any subsampling); they choose
-    the calibration row when the checkpoint has one per n range.
+    the calibration row when the checkpoint has one per n range. stats (B, S): the sets'
+    statistics (``Batch.stats``), needed when the checkpoint's calibration depends on novelty.
     """
-    if loaded.calibration is not None:
+    if loaded.novelty is not None:
+        if stats is None:
+            raise ValueError("this checkpoint's calibration depends on novelty: pass the sets' statistics")
+        grid_t = apply_calibration_by_novelty(grid_t, loaded.calibration, novelty_bins(loaded.novelty, stats),
+                                              n=n, n_edges=loaded.calibration_n_edges)
+    elif loaded.calibration is not None:
         grid_t = apply_calibration(grid_t, loaded.calibration, n=n, n_edges=loaded.calibration_n_edges)
     vals_t = interpolate_quantiles(loaded.levels, grid_t, q)
     vals_t = np.asarray(vals_t, dtype=np.float64)
@@ -244,10 +253,12 @@ def _grid_to_levels(loaded: _Loaded, grid_t: np.ndarray, q: np.ndarray, n: np.nd
 
 
 def _forward_grid(loaded: _Loaded, sets: list[tuple[np.ndarray, np.ndarray]],
-                  outputs: Callable[[MIEstimator, Batch], torch.Tensor] | None = None) -> np.ndarray:
+                  outputs: Callable[[MIEstimator, Batch], torch.Tensor] | None = None,
+                  stats: np.ndarray | None = None) -> np.ndarray:
     """Run the network on validated sets, grouped by size; returns (B, Q) grid in log1p space.
 
     outputs: instead of the quantile grid, (B, F) values of outputs(model, batch) per set (no tracing).
+    stats: if given, a (B, S) array that receives each set's statistics (``Batch.stats``).
     """
     out: np.ndarray | None = None if outputs else np.empty((len(sets), len(loaded.levels)), dtype=np.float64)
     order = sorted(range(len(sets)), key=lambda i: (sets[i][0].shape[1] + sets[i][1].shape[1], sets[i][0].shape[0]))
@@ -270,6 +281,8 @@ def _forward_grid(loaded: _Loaded, sets: list[tuple[np.ndarray, np.ndarray]],
         if out is None:
             out = np.empty((len(sets), pred.shape[1]), dtype=np.float64)
         out[chunk] = pred
+        if stats is not None:
+            stats[chunk] = batch.stats.double().cpu().numpy()
         chunk.clear()
 
     max_n = 0
@@ -331,8 +344,9 @@ def predict_mi_quantiles_batch(
             raise InputError(f"pair {k}: {exc}") from None
     if not sets:
         return np.empty((0, q.size))
-    grid_t = _forward_grid(loaded, sets)
-    out = _grid_to_levels(loaded, grid_t, q, np.array([x.shape[0] for x, _ in sets]))
+    stats = None if loaded.novelty is None else np.empty((len(sets), loaded.novelty.mean.size))
+    grid_t = _forward_grid(loaded, sets, stats=stats)
+    out = _grid_to_levels(loaded, grid_t, q, np.array([x.shape[0] for x, _ in sets]), stats)
     return out / NATS_PER_BIT if unit == "bits" else out
 
 

@@ -9,6 +9,9 @@ Metadata keys (all values are strings, as safetensors requires):
     calibration     JSON list of per-level offsets in t = log1p(MI) space, or a list of such
                     lists (one per n range, `model.quantiles.fit_calibration_by_n`), or null
     calibration_n_edges  JSON list of the n ranges' edges ([] or absent: one row of offsets)
+    calibration_novelty  JSON of `model.novelty.NoveltyReference.to_json` (k, edges, mean, scale)
+                    or null/absent; when present the offsets have one leading row per novelty bin
+                    and the reference points are the tensor NOVELTY_POINTS (not a weight)
     info            JSON dict (training data, steps, metrics, ...)
     fingerprint     SHA-256 over the weights (names, dtypes, shapes, bytes; sorted by name)
 
@@ -28,11 +31,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from model.network import MIEstimator, ModelConfig
+from model.novelty import NoveltyReference
+from model.preprocess import stats_dim
 from model.quantiles import check_n_edges
 
 FORMAT = "amortized-mi-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED_LIMITS = ("n_min", "n_max", "dx_max", "dy_max", "mi_max")
+NOVELTY_POINTS = "calibration:novelty_points"
+"""Tensor name of the novelty reference points (M, S) float32; no module parameter can have this name."""
 
 
 class CheckpointError(ValueError):
@@ -49,9 +56,10 @@ def weights_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _calibration_shape(q: int, n_edges: Sequence[int]) -> tuple[int, ...]:
-    """Shape of the offsets for Q quantile levels: (Q,), or (R, Q) with one row per n range."""
-    return (q,) if not n_edges else (len(n_edges) + 1, q)
+def _calibration_shape(q: int, n_edges: Sequence[int], novelty_bins: int = 1) -> tuple[int, ...]:
+    """Shape of the offsets for Q quantile levels: (Q,), or (R, Q) with one row per n range; with
+    K > 1 novelty bins one such block per bin, (K, Q) or (K, R, Q)."""
+    return ((novelty_bins,) if novelty_bins > 1 else ()) + ((q,) if not n_edges else (len(n_edges) + 1, q))
 
 
 def save_checkpoint(
@@ -61,14 +69,16 @@ def save_checkpoint(
     limits: dict,
     calibration: Sequence[float] | Sequence[Sequence[float]] | None = None,
     calibration_n_edges: Sequence[int] = (),
+    calibration_novelty: NoveltyReference | None = None,
     info: dict | None = None,
 ) -> None:
     """Write `model` (weights + config) with its trained `limits`, calibration offsets and info.
 
     limits must hold n_min, n_max, dx_max, dy_max, mi_max (MI in nats); calibration, if
     given, has one offset per quantile level of the model (Q,), or one such row per n
-    range (R, Q) with R = len(calibration_n_edges) + 1 (`model.quantiles.n_range_index`).
-    The file is written to a temporary name and renamed, so a crash never leaves a
+    range (R, Q) with R = len(calibration_n_edges) + 1 (`model.quantiles.n_range_index`);
+    with `calibration_novelty` (K bins) one such block per novelty bin, (K, Q) or (K, R, Q)
+    (`model.novelty.fit_calibration_by_novelty`). The file is written to a temporary name and renamed, so a crash never leaves a
     half-written checkpoint.
     """
     missing = [k for k in REQUIRED_LIMITS if k not in limits]
@@ -76,16 +86,20 @@ def save_checkpoint(
         raise ValueError(f"limits is missing {missing} (required: {list(REQUIRED_LIMITS)})")
     q = len(model.config.quantile_levels)
     edges = list(check_n_edges(calibration_n_edges))
+    bins = 1 if calibration_novelty is None else calibration_novelty.bins
     if calibration is not None:
         cal = np.asarray(calibration, dtype=np.float64)
-        want = _calibration_shape(q, edges)
+        want = _calibration_shape(q, edges, bins)
         if cal.shape != want:
             raise ValueError(f"calibration needs shape {want} (one offset per quantile level"
-                             f"{'' if not edges else ' per n range'}), got {cal.shape}")
+                             f"{'' if not edges else ' per n range'}{'' if bins == 1 else ' per novelty bin'}), "
+                             f"got {cal.shape}")
         calibration = cal.tolist()
-    elif edges:
-        raise ValueError("calibration_n_edges given without calibration")
+    elif edges or calibration_novelty is not None:
+        raise ValueError("calibration_n_edges or calibration_novelty given without calibration")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if calibration_novelty is not None:
+        tensors[NOVELTY_POINTS] = torch.from_numpy(np.ascontiguousarray(calibration_novelty.points, dtype=np.float32))
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -93,6 +107,7 @@ def save_checkpoint(
         "limits": json.dumps(limits),
         "calibration": json.dumps(calibration),
         "calibration_n_edges": json.dumps(edges),
+        "calibration_novelty": json.dumps(None if calibration_novelty is None else calibration_novelty.to_json()),
         "info": json.dumps(info or {}),
         "fingerprint": weights_fingerprint(tensors),
     }
@@ -116,8 +131,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
     Returns (model in eval mode on `device`, metadata) where metadata = {"config": dict,
     "limits": dict, "calibration": list (Q) or list of R lists (Q) or None,
-    "calibration_n_edges": list (R - 1 ints), "info": dict, "format_version": int,
-    "fingerprint": str}. Raises CheckpointError for a missing file, a file that is not
+    "calibration_n_edges": list (R - 1 ints), "calibration_novelty": NoveltyReference or None
+    (then the calibration has one leading row per novelty bin), "info": dict,
+    "format_version": int, "fingerprint": str}. Raises CheckpointError for a missing file, a file that is not
     safetensors, missing/incompatible metadata, a fingerprint mismatch (tampered or
     corrupted weights) or weights that do not fit the stored config.
     """
@@ -156,8 +172,22 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         n_edges = list(check_n_edges(n_edges))
     except ValueError as e:
         raise CheckpointError(f"{path}: calibration_n_edges: {e}") from None
+    novelty = _json_field(meta, "calibration_novelty", path) if "calibration_novelty" in meta else None
+    points = tensors.pop(NOVELTY_POINTS, None)
+    if (novelty is None) != (points is None):
+        raise CheckpointError(f"{path}: calibration_novelty and the tensor {NOVELTY_POINTS} must come together")
+    if novelty is not None:
+        try:
+            novelty = NoveltyReference.from_json(novelty, points.numpy())
+        except ValueError as e:
+            raise CheckpointError(f"{path}: calibration_novelty: {e}") from None
+        if calibration is None:
+            raise CheckpointError(f"{path}: calibration_novelty without calibration offsets")
+        if novelty.mean.size != stats_dim(config):
+            raise CheckpointError(f"{path}: calibration_novelty reads {novelty.mean.size} statistics, the model has "
+                                  f"{stats_dim(config)}")
     if calibration is not None:
-        want = _calibration_shape(len(config.quantile_levels), n_edges)
+        want = _calibration_shape(len(config.quantile_levels), n_edges, 1 if novelty is None else novelty.bins)
         try:
             ok = np.asarray(calibration, dtype=np.float64).shape == want
         except (TypeError, ValueError):
@@ -165,7 +195,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         if not ok:
             raise CheckpointError(f"{path}: calibration must be null or offsets of shape {want}")
     fingerprint = meta.get("fingerprint")
-    if fingerprint != weights_fingerprint(tensors):
+    if fingerprint != weights_fingerprint(tensors if points is None else {**tensors, NOVELTY_POINTS: points}):
         raise CheckpointError(
             f"{path}: weight fingerprint mismatch: the file is corrupted or was modified after saving"
         )
@@ -190,6 +220,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         "limits": limits,
         "calibration": calibration,
         "calibration_n_edges": n_edges,
+        "calibration_novelty": novelty,
         "info": info,
         "format_version": version,
         "fingerprint": fingerprint,

@@ -36,25 +36,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.metrics import interval_scores, mi_bin, point_errors, quantile_at  # noqa: E402
 from metagen.store import open_store  # noqa: E402
 from model.checkpoint import load_checkpoint  # noqa: E402
+from model.novelty import (apply_calibration_by_novelty, fit_calibration_by_novelty, fit_novelty_reference,  # noqa: E402
+                           novelty_bins)
 from model.quantiles import apply_calibration, fit_calibration_by_n  # noqa: E402
 from scripts.ship_checkpoint import _int_list, uncalibrated_predictions  # noqa: E402
 from scripts.select_checkpoint import outside_bands  # noqa: E402
 
 
 def raw_grid(checkpoint: Path, store_path: str, work: Path, outputs=None, tag: str = "") -> dict[str, np.ndarray]:
-    """Uncalibrated grid (N, Q) in log1p nats, truth t = log1p(MI) (N,), rows seen n (N,), dims labels (N,)
-    (``ship_checkpoint.uncalibrated_predictions``), cached under `work` per checkpoint content and store name.
+    """Uncalibrated grid (N, Q) in log1p nats, truth t = log1p(MI) (N,), rows seen n (N,), dims labels (N,),
+    set statistics (N, S) (``ship_checkpoint.uncalibrated_predictions``), cached under `work` per checkpoint content and store name.
     outputs: other per-set values as "grid" (N, F) (``infer._forward_grid``), cached under the name prefix `tag`."""
     work.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:12]
     cache = work / f"{tag}{digest}-{Path(store_path).name}.npz"
     if cache.is_file():
-        return dict(np.load(cache))
+        cached = dict(np.load(cache))
+        if "stats" in cached or tag:  # files cached before the statistics were kept are redone
+            return cached
     model, meta = load_checkpoint(checkpoint)
     pred = uncalibrated_predictions(model, dict(meta["limits"]), meta.get("info") or {}, [store_path],
                                     work / f"{digest}-uncalibrated.safetensors",  # per checkpoint: studies share work
                                     outputs=outputs)
-    out = {k: pred[k] for k in ("grid", "t", "n", "dims")}
+    out = {k: pred[k] for k in ("grid", "t", "n", "dims", "stats")}
     np.savez(cache, **out)
     return out
 
@@ -90,6 +94,11 @@ def set_labels(store_path: str, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             np.array([mi_bin(float(v)) for v in np.expm1(t)]))
 
 
+def _batch_stats(model, batch):
+    """``infer._forward_grid`` outputs: each set's statistics (B, S), what `model.novelty` scores."""
+    return batch.stats
+
+
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
@@ -103,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="n ranges of one scheme (repeat to compare; default 300,1000)")
     p.add_argument("--central-robust", type=_floats, default=[1.0], help="comma-separated values to compare")
     p.add_argument("--upper-tail", type=_floats, default=[1.0], help="comma-separated values to compare")
+    p.add_argument("--novelty-store", help="training-distribution store for the novelty reference (as ship_checkpoint's "
+                                           "--calib-novelty-store, its first --novelty-sets sets); adds the schemes of "
+                                           "--novelty-upper-tails")
+    p.add_argument("--novelty-sets", type=int, default=8000)
+    p.add_argument("--novelty-reference", type=int, default=5000)
+    p.add_argument("--novelty-quantiles", type=_floats, default=[0.75], help="bin edges as training-novelty quantiles")
+    p.add_argument("--novelty-upper-tails", action="append", type=_floats, metavar="K1,K2,...",
+                   help="one upper tail per novelty bin (repeat to compare); each with every --n-edges and --central-robust")
     p.add_argument("--work", required=True, help="cache folder for the raw predictions")
     p.add_argument("--out", help="write all numbers here as JSON")
     args = p.parse_args(argv)
@@ -113,18 +130,36 @@ def main(argv: list[str] | None = None) -> int:
     cal = {k: np.concatenate([c[k] for c in cal]) for k in cal[0]}
     vals = {Path(s).name: raw_grid(Path(args.checkpoint), s, work) for s in args.val}
     labels = {Path(s).name: set_labels(s, vals[Path(s).name]["t"]) for s in args.val}
+    novelty = None
+    if args.novelty_store:
+        ref = raw_grid(Path(args.checkpoint), args.novelty_store, work, outputs=_batch_stats, tag="stats-")
+        novelty = fit_novelty_reference(ref["grid"][: args.novelty_sets], args.novelty_quantiles,
+                                        size=args.novelty_reference)
+        cal["bin"] = novelty_bins(novelty, cal["stats"])
+        for v in vals.values():
+            v["bin"] = novelty_bins(novelty, v["stats"])
+    schemes = [(up, None) for up in args.upper_tail]
+    schemes += [(None, tails) for tails in (args.novelty_upper_tails or []) if novelty is not None]
     results = []
     for edges in args.n_edges or [[300, 1000]]:
         for lam in args.central_robust:
-            for up in args.upper_tail:
+            for up, tails in schemes:
                 try:
-                    offsets = fit_calibration_by_n(cal["grid"], cal["t"], levels, cal["n"], edges, groups=cal["dims"],
-                                                   central_robust=lam, upper_tail=up)
+                    if tails is None:
+                        offsets = fit_calibration_by_n(cal["grid"], cal["t"], levels, cal["n"], edges,
+                                                       groups=cal["dims"], central_robust=lam, upper_tail=up)
+                    else:
+                        offsets = fit_calibration_by_novelty(cal["grid"], cal["t"], levels, cal["n"], edges, cal["bin"],
+                                                             novelty.bins, tails, groups=cal["dims"], central_robust=lam)
                 except ValueError as e:
                     p.error(str(e))
-                row = {"n_edges": edges, "central_robust": lam, "upper_tail": up, "stores": {}}
+                row = {"n_edges": edges, "central_robust": lam, "upper_tail": up if tails is None else tails,
+                       "novelty_quantiles": None if tails is None else args.novelty_quantiles, "stores": {}}
                 for name, v in vals.items():
-                    g = apply_calibration(v["grid"], offsets, n=v["n"], n_edges=edges)
+                    if tails is None:
+                        g = apply_calibration(v["grid"], offsets, n=v["n"], n_edges=edges)
+                    else:
+                        g = apply_calibration_by_novelty(v["grid"], offsets, v["bin"], n=v["n"], n_edges=edges)
                     s = coverage(levels, g, v["t"])
                     s["outside"] = outside_bands(s, len(v["t"]))
                     ns = np.unique(v["n"])
@@ -136,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(row)
     results.sort(key=lambda r: r["outside"])
     for r in results:
+        tail = (f"upper_tail {r['upper_tail']:g}" if r["novelty_quantiles"] is None else
+                f"novelty bins at {r['novelty_quantiles']}, upper tails {r['upper_tail']}")
         print(f"n_edges {','.join(map(str, r['n_edges']))}  central_robust {r['central_robust']:g}  "
-              f"upper_tail {r['upper_tail']:g}: distance outside the bands {r['outside']:.4f}")
+              f"{tail}: distance outside the bands {r['outside']:.4f}")
         for name, s in r["stores"].items():
             per = "".join(f"  n={k}: {c['50']:.3f}/{c['90']:.3f} w{c['width90']:.2f}" for k, c in s.get("per_n", {}).items())
             print(f"  {name:14s} MAE {s['mae']:.3f} cov50 {s['50']:.3f} cov90 {s['90']:.3f} "

@@ -48,6 +48,13 @@ from eval.metrics import dims_bucket, interval_scores, is_geometric  # noqa: E40
 from metagen.store import open_store  # noqa: E402
 from model.checkpoint import lineage, load_checkpoint, save_checkpoint  # noqa: E402
 from model.network import switch_inputs  # noqa: E402
+from model.novelty import (  # noqa: E402
+    apply_calibration_by_novelty,
+    fit_calibration_by_novelty,
+    fit_novelty_reference,
+    novelty_bins,
+)
+from model.preprocess import stats_dim  # noqa: E402
 from model.quantiles import (  # noqa: E402
     apply_calibration,
     check_n_edges,
@@ -90,7 +97,8 @@ def uncalibrated_predictions(model, limits: dict, info: dict, store_paths: list[
 
     Returns grid (N, Q) quantiles of t = log1p(MI), t (N,) the truth, n (N,) the rows the network
     saw (after subsampling), dims (N,) dimension-range labels, geometric (N,) whether the transform
-    bends space, used: one record per store. `tmp` holds the uncalibrated checkpoint meanwhile.
+    bends space, stats (N, S) the set statistics (``Batch.stats``; what `model.novelty` scores),
+    used: one record per store. `tmp` holds the uncalibrated checkpoint meanwhile.
     outputs: instead of the grid, (N, F) values of outputs(model, batch) (``infer._forward_grid``).
     """
     save_checkpoint(tmp, model, limits=limits, calibration=None, info=info)
@@ -110,11 +118,19 @@ def uncalibrated_predictions(model, limits: dict, info: dict, store_paths: list[
             target.append(np.log1p(store.mi[idx]))
             used.append({"path": str(path), "sets": int(len(idx)),
                          "manifest_config": store.manifest.get("config", {}).get("name")})
-        grid = infer._forward_grid(loaded, sets, outputs)
+        stats = np.empty((len(sets), stats_dim(model.config)))
+        grid = infer._forward_grid(loaded, sets, outputs, stats=stats)
     finally:
         tmp.unlink(missing_ok=True)
     return {"grid": grid, "t": np.concatenate(target), "n": np.array([x.shape[0] for x, _ in sets]),
-            "dims": np.array(dims), "geometric": np.array(geometric), "used": used}
+            "dims": np.array(dims), "geometric": np.array(geometric), "stats": stats, "used": used}
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a comma-separated list of numbers") from None
 
 
 def _int_list(text: str) -> list[int]:
@@ -140,8 +156,17 @@ def main(argv: list[str] | None = None) -> int:
                         "geometric vs other transforms, or one pooled fit")
     p.add_argument("--calib-central-robust", type=float, default=1.0, metavar="LAMBDA",
                    help="group-robustness of the central levels' offsets, 0 (pooled) to 1 (default: fully robust)")
-    p.add_argument("--calib-upper-tail", type=float, default=1.0, metavar="K",
-                   help="fit levels tau >= 0.9 above the first n edge at 1 - K (1 - tau); K in (0, 1], default 1")
+    p.add_argument("--calib-upper-tail", type=_float_list, default=[1.0], metavar="K[,K2,...]",
+                   help="fit levels tau >= 0.9 above the first n edge at 1 - K (1 - tau); K in (0, 1], default 1; "
+                        "with --calib-novelty-store one K per novelty bin (or one for all)")
+    p.add_argument("--calib-novelty-store", help="training-distribution store whose set statistics become the novelty "
+                                                 "reference: offsets are then fitted per novelty bin (model.novelty)")
+    p.add_argument("--calib-novelty-quantiles", type=_float_list, default=[0.75], metavar="Q1,...",
+                   help="novelty bin edges at these quantiles of the training sets' novelty (default 0.75)")
+    p.add_argument("--calib-novelty-sets", type=int, default=8000,
+                   help="sets of the novelty store to read (default 8000): --calib-novelty-reference of them become the "
+                        "reference, the rest place the bin edges")
+    p.add_argument("--calib-novelty-reference", type=int, default=5000, help="reference sets (default 5000)")
     p.add_argument("--knn-rows", type=int, help="kNN reference rows at inference (default: the run's)")
     p.add_argument("--knn-quantize", choices=("true", "false"),
                    help="kNN distances on int16-rounded scores (faster) or exact float32 (default: the run's)")
@@ -150,16 +175,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 0.0 <= args.calib_central_robust <= 1.0:
         p.error(f"--calib-central-robust must lie in [0, 1], got {args.calib_central_robust}")
-    if not 0.0 < args.calib_upper_tail <= 1.0:
+    if not all(0.0 < k <= 1.0 for k in args.calib_upper_tail):
         p.error(f"--calib-upper-tail must lie in (0, 1], got {args.calib_upper_tail}")
-    if args.calib_upper_tail != 1.0 and not args.calib_n_edges:
+    if any(k != 1.0 for k in args.calib_upper_tail) and not args.calib_n_edges:
         p.error("--calib-upper-tail acts above the first n edge: it needs --calib-n-edges")
+    bins = len(args.calib_novelty_quantiles) + 1 if args.calib_novelty_store else 1
+    if len(args.calib_upper_tail) not in (1, bins):
+        p.error(f"--calib-upper-tail takes one value or one per novelty bin ({bins}), got {args.calib_upper_tail}")
+    if args.calib_novelty_store and not args.calib_store:
+        p.error("--calib-novelty-store fits per-bin offsets: it needs --calib-store")
 
     model, meta = load_checkpoint(args.src)
     limits = dict(meta["limits"])
     info = dict(meta.get("info") or {})
     calibration = meta.get("calibration")
     n_edges = meta.get("calibration_n_edges") or []
+    novelty = meta.get("calibration_novelty")
     if args.init_from and not info.get("init_from"):
         _, origin = load_checkpoint(args.init_from)
         info["init_from"] = lineage(args.init_from, origin)
@@ -185,16 +216,37 @@ def main(argv: list[str] | None = None) -> int:
         if args.calib_groups == "dims+geometry":
             groups["transform"] = np.where(geometric, "geometric", "other")
         grouping = list(groups.values()) or None
-        if n_edges:
+        novelty, bin_of = None, None
+        if args.calib_novelty_store:
+            ref = uncalibrated_predictions(model, limits, info, [args.calib_novelty_store],
+                                           Path(args.out).with_suffix(".uncalibrated.tmp"), args.calib_novelty_sets)
             try:
+                novelty = fit_novelty_reference(ref["stats"], args.calib_novelty_quantiles,
+                                                size=args.calib_novelty_reference)
+            except ValueError as e:
+                p.error(f"--calib-novelty-store: {e}")
+            bin_of = novelty_bins(novelty, pred["stats"])
+            per_bin = np.bincount(bin_of, minlength=novelty.bins).tolist()
+            print(f"novelty reference: {novelty.points.shape[0]} sets of {args.calib_novelty_store}, edges "
+                  f"{[round(e, 3) for e in novelty.edges]}; calibration sets per bin {per_bin}")
+        try:
+            if novelty is not None:
+                offsets = fit_calibration_by_novelty(grid, target, levels, n_seen, n_edges, bin_of, novelty.bins,
+                                                     args.calib_upper_tail, groups=grouping,
+                                                     central_robust=args.calib_central_robust)
+            elif n_edges:
                 offsets = fit_calibration_by_n(grid, target, levels, n_seen, n_edges, groups=grouping,
                                                central_robust=args.calib_central_robust,
-                                               upper_tail=args.calib_upper_tail)
-            except ValueError as e:
-                p.error(str(e))
+                                               upper_tail=args.calib_upper_tail[0])
+            else:
+                offsets = fit_calibration(grid, target, levels, groups=grouping,
+                                          central_robust=args.calib_central_robust)
+        except ValueError as e:
+            p.error(str(e))
+        if novelty is not None:
+            cal = apply_calibration_by_novelty(grid, offsets, bin_of, n=n_seen, n_edges=n_edges)
         else:
-            offsets = fit_calibration(grid, target, levels, groups=grouping, central_robust=args.calib_central_robust)
-        cal = apply_calibration(grid, offsets, n=n_seen, n_edges=n_edges)
+            cal = apply_calibration(grid, offsets, n=n_seen, n_edges=n_edges)
         before = (target[:, None] <= grid).mean(0)
         after = (target[:, None] <= cal).mean(0)
         print("level   coverage before -> after (calibration store, %d sets)" % len(target))
@@ -202,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{lv:6.3f}  {b:6.3f} -> {a:6.3f}")
         if n_edges:  # each set labelled by its range's bounds: "n <= 300", "300 < n <= 1000", ...
             groups["n range"] = np.array(n_range_labels(n_edges))[n_range_index(n_seen, n_edges)]
+        if novelty is not None:
+            groups["novelty bin"] = bin_of.astype(str)
         for kind, labels in groups.items():
             for g in np.unique(labels):
                 sel = labels == g
@@ -210,11 +264,18 @@ def main(argv: list[str] | None = None) -> int:
         calibration = np.asarray(offsets).tolist()
         info["calibration_store"] = {**used[0], "groups": args.calib_groups, "n_edges": n_edges,
                                      "central_robust": args.calib_central_robust,
-                                     "upper_tail": args.calib_upper_tail}
+                                     "upper_tail": (args.calib_upper_tail if novelty is not None
+                                                    else args.calib_upper_tail[0])}
+        if novelty is not None:
+            info["calibration_store"]["novelty"] = {"store": str(args.calib_novelty_store),
+                                                    "quantiles": args.calib_novelty_quantiles,
+                                                    "sets_read": int(len(ref["t"])),
+                                                    "reference_sets": args.calib_novelty_reference}
         if len(used) > 1:
             info["calibration_store"]["stores"] = used
     info["shipped_from"] = str(args.src)
-    save_checkpoint(args.out, model, limits=limits, calibration=calibration, calibration_n_edges=n_edges, info=info)
+    save_checkpoint(args.out, model, limits=limits, calibration=calibration, calibration_n_edges=n_edges,
+                    calibration_novelty=novelty, info=info)
     print(f"wrote {args.out}: limits {json.dumps(limits)}")
     return 0
 

@@ -32,10 +32,19 @@ def _calibration_shape(cal: dict) -> str:
         parts.append(f"robust over {cal['groups']} groups (every group covered at least nominally)"
                      + ("" if robust == 1.0 else f" in the tails, {robust:g} of the way from pooled to robust "
                                                   "in the central levels (0.1 < tau < 0.9)"))
-    if cal.get("upper_tail", 1.0) != 1.0:
-        k = cal["upper_tail"]
-        parts.append(f"above the first n edge the levels tau >= 0.9 fitted at 1 - {k:g} (1 - tau), since out of "
-                     "distribution the misses at large n are mostly underestimates")
+    nov = cal.get("novelty")
+    tails = cal.get("upper_tail", 1.0)
+    tails = tails if isinstance(tails, list) else [tails]
+    if nov:
+        many = len(nov["quantiles"]) > 1
+        parts.append(f"fitted apart per novelty bin (edge{'s' * many} at the {', '.join(f'{q:g}' for q in nov['quantiles'])} "
+                     f"quantile{'s' * many} of the training sets' novelty, reference from `{Path(nov['store']).name}`; "
+                     "`model.novelty`): sets whose statistics lie far from the training sets get their own, wider offsets")
+    if any(k != 1.0 for k in tails):
+        k = "/".join(f"{t:g}" for t in tails)
+        parts.append(f"above the first n edge the levels tau >= 0.9 fitted at 1 - {k} (1 - tau)"
+                     + (" per novelty bin" if len(tails) > 1 else "")
+                     + ", since out of distribution the misses at large n are mostly underestimates")
     return ("Offsets " + "; ".join(parts) + ".") if parts else ""
 
 

@@ -745,3 +745,82 @@ def test_draw_rows_full_fraction_keeps_all_rows():
     # half the batches keep every row; the rest are log-uniform below 300 (rarely exactly 300)
     assert abs(np.mean(draws == 300) - 0.5) < 0.04
     assert np.all(np.array([draw_rows(rng, 2000, 10, 500, full_fraction=1.0) for _ in range(50)]) == 500)
+
+
+def test_ship_checkpoint_fits_offsets_per_novelty_bin(stores, tmp_path):
+    """--calib-novelty-store: a novelty reference from a store's set statistics, offsets fitted per
+    novelty bin and stored with it; infer picks each set's bin, so each bin of the calibration
+    sets is covered at least nominally; the reference reproduces from the same store."""
+    import infer
+    from metagen.config import load_config
+    from metagen.generate import generate
+    from metagen.store import open_store
+    from model.checkpoint import load_checkpoint
+    from model.novelty import novelty_bins
+    from model.preprocess import prepare_batch
+
+    calib = tmp_path / "calib"
+    generate(load_config(GEN_CONFIG), calib, num_sets=900, seed=13, progress=False)
+    st = open_store(calib)
+    sets = [st.get(i) for i in range(len(st))]
+    mi = st.mi[: len(st)]
+    n = np.array([x.shape[0] for x, _ in sets])  # <= n_max 3000: no subsampling
+    edge = int(np.median(n))
+    assert train_here(tmp_path / "run", stores, "--steps", "2", "--eval_every", "2") == 0
+    src, out = tmp_path / "run" / "best.safetensors", tmp_path / "novel.safetensors"
+    ship = [PY, str(ROOT / "scripts" / "ship_checkpoint.py"), "--src", str(src), "--n-max", "3000",
+            "--calib-store", str(calib), "--calib-novelty-store", str(stores["train"]),
+            "--calib-novelty-reference", "120", "--calib-novelty-quantiles", "0.5", "--calib-n-edges", str(edge),
+            "--calib-upper-tail", "1,0.7"]
+    r = subprocess.run(ship + ["--out", str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert "novelty bin" in r.stdout
+    model, meta = load_checkpoint(out)
+    ref = meta["calibration_novelty"]
+    levels = np.asarray(model.config.quantile_levels)
+    assert ref.points.shape[0] == 120 and len(ref.edges) == 1
+    assert np.asarray(meta["calibration"]).shape == (2, 2, levels.size)
+    assert meta["info"]["calibration_store"]["novelty"]["quantiles"] == [0.5]
+    assert meta["info"]["calibration_store"]["upper_tail"] == [1.0, 0.7]
+    stats = np.stack([prepare_batch([s], model.config).stats[0].double().numpy() for s in sets])
+    bins = novelty_bins(ref, stats)
+    q = infer.predict_mi_quantiles_batch(sets, list(levels), checkpoint=out, on_out_of_range="ignore")
+    for b in range(2):  # every (bin, n range) cell covered at least nominally above the median
+        for sel in ((bins == b) & (n <= edge), (bins == b) & (n > edge)):
+            covered = (mi[sel, None] <= q[sel] + 1e-9).mean(axis=0)
+            assert np.all(covered[levels > 0.5] >= levels[levels > 0.5] - 1e-9), (b, covered)
+    # scripts/calibration_study.py fits the same scheme from its cached statistics: its coverage of a store is
+    # what the shipped checkpoint's intervals, made by infer, cover there
+    from eval.metrics import interval_scores
+    study = tmp_path / "study.json"
+    r = subprocess.run([PY, str(ROOT / "scripts" / "calibration_study.py"), "--checkpoint", str(out),  # its n_max
+                        "--calib-store", str(calib), "--val", str(calib), "--n-edges", str(edge),
+                        "--novelty-store", str(stores["train"]), "--novelty-reference", "120",
+                        "--novelty-quantiles", "0.5", "--novelty-upper-tails", "1,0.7", "--work", str(tmp_path / "study"),
+                        "--out", str(study)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    mine = next(s for s in json.loads(study.read_text()) if s["novelty_quantiles"] == [0.5])
+    assert mine["upper_tail"] == [1.0, 0.7]
+    for cov in (0.5, 0.9):  # scored on its own calibration sets, one set sits on each level's edge by construction:
+        inside, _ = interval_scores(levels, q, mi, cov)  # float32 outputs batched differently may flip it
+        assert abs(mine["stores"]["calib"][str(int(cov * 100))] - inside) <= 2 / len(sets) + 1e-9
+    again = tmp_path / "again.safetensors"
+    r = subprocess.run(ship + ["--out", str(again)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(load_checkpoint(again)[1]["calibration_novelty"].points, ref.points)
+    # shipping again without --calib-store keeps the novelty calibration
+    kept = tmp_path / "kept.safetensors"
+    r = subprocess.run([PY, str(ROOT / "scripts" / "ship_checkpoint.py"), "--src", str(out), "--out", str(kept)],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    kmeta = load_checkpoint(kept)[1]
+    assert kmeta["calibration_novelty"].edges == ref.edges and kmeta["calibration"] == meta["calibration"]
+    for bad, msg in ((["--calib-upper-tail", "1,1,1"], "one per novelty bin"),
+                     (["--calib-novelty-reference", "500"], "N > size")):
+        r = subprocess.run(ship + ["--out", str(tmp_path / "x.safetensors")] + bad,
+                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+        assert r.returncode == 2 and msg in r.stderr, r.stderr
+    r = subprocess.run([PY, str(ROOT / "scripts" / "ship_checkpoint.py"), "--src", str(src), "--out",
+                        str(tmp_path / "x.safetensors"), "--calib-novelty-store", str(stores["train"])],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 2 and "needs --calib-store" in r.stderr
