@@ -94,6 +94,24 @@ def set_labels(store_path: str, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             np.array([mi_bin(float(v)) for v in np.expm1(t)]))
 
 
+def raw_misses_by_novelty(levels: np.ndarray, stores: dict[str, dict], bins: int) -> dict[str, list[dict]]:
+    """Per store and novelty bin: sets, and the share of them whose truth falls outside the uncalibrated
+    90% interval, among sets with n <= 300 and n > 300 (NaN where none): does novelty flag the misses?"""
+    out = {}
+    for name, v in stores.items():
+        lo, hi = quantile_at(levels, v["grid"], 0.05), quantile_at(levels, v["grid"], 0.95)
+        miss = (v["t"] < lo) | (v["t"] > hi)
+        rows = []
+        for b in range(bins):
+            sel = v["bin"] == b
+            small, large = sel & (v["n"] <= 300), sel & (v["n"] > 300)
+            rows.append({"sets": int(sel.sum()),
+                         "miss_small_n": float(miss[small].mean()) if small.any() else float("nan"),
+                         "miss_large_n": float(miss[large].mean()) if large.any() else float("nan")})
+        out[name] = rows
+    return out
+
+
 def _batch_stats(model, batch):
     """``infer._forward_grid`` outputs: each set's statistics (B, S), what `model.novelty` scores."""
     return batch.stats
@@ -138,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         cal["bin"] = novelty_bins(novelty, cal["stats"])
         for v in vals.values():
             v["bin"] = novelty_bins(novelty, v["stats"])
+        novelty_report = raw_misses_by_novelty(levels, {"calib (pooled)": cal, **vals}, novelty.bins)
+        print(f"novelty bins (edges {[round(e, 3) for e in novelty.edges]}): sets, and the share the uncalibrated "
+              "90% interval misses, at n <= 300 / n > 300")
+        for name, rows in novelty_report.items():
+            print(f"  {name:14s} " + "  ".join(f"bin {b}: {r['sets']}, {r['miss_small_n']:.2f} / {r['miss_large_n']:.2f}"
+                                                for b, r in enumerate(rows)))
     schemes = [(up, None) for up in args.upper_tail]
     schemes += [(None, tails) for tails in (args.novelty_upper_tails or []) if novelty is not None]
     results = []
@@ -183,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             print("    bias per true-MI bin: " + ", ".join(f"{b} {c['bias']:+.2f} ({c['sets']})"
                                                         for b, c in s["bias_by_mi"].items()))
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        Path(args.out).write_text(json.dumps(results if novelty is None else
+                                             {"schemes": results, "raw_misses_by_novelty": novelty_report}, indent=1))
     return 0
 
 

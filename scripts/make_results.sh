@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the README's results: build the benchmark stores (if missing), score the
 # shipped checkpoint against the baselines with the eval harness, score it on the same
-# tasks at n = 100, 500 and 1,000 (eval.paired_n), time them, and rewrite the model card.
+# tasks at n = 100, 500 and 1,000 (eval.paired_n), time them, and rewrite the model card and the README's tables.
 #   bash scripts/make_results.sh                 # all of it (~1-1.5 h on 2 cores; KSG at n = 5,000 is most of the test stores)
 #                                                # the bench and test stores run side by side (JOBS=1: one after the other);
 #                                                # session 24, stores already built: about 16 minutes
@@ -69,4 +69,5 @@ fi
 $PY -m eval.bench_speed --threads 1 --rounds 3 --checkpoint "$CKPT" | tee "$OUT/speed.txt"
 $PY scripts/results_tables.py "$OUT" > "$OUT/SUMMARY.md"
 $PY scripts/write_model_card.py --checkpoint "$CKPT" --results "$OUT" --out "${MODEL_CARD:-data/MODEL_CARD.md}"
+[ "$OUT" = results ] && $PY scripts/sync_readme_results.py --results "$OUT"   # the README's tables (its results markers)
 echo "results in $OUT/"

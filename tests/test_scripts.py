@@ -410,3 +410,28 @@ def test_fit_refiner_cli_writes_a_checkpoint_that_infer_loads(tmp_path):
     x = rng.normal(size=(200, 2))
     q = infer.predict_mi_quantiles(x, x + rng.normal(size=(200, 2)), checkpoint=tmp_path / "refined.safetensors")
     assert np.isfinite(q).all() and (np.diff(q) >= 0).all()
+
+
+def test_sync_readme_results_replaces_only_the_marked_block(tmp_path):
+    """sync_readme_results.py: the README between its markers becomes SUMMARY.md (headings one level
+    down) and the speed run; the rest of the README is untouched; missing markers or inputs: status 2."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from sync_readme_results import BEGIN, END, main  # noqa: PLC0415
+
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "SUMMARY.md").write_text("### bench-x\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    (res / "speed.txt").write_text("model 7.9 ms\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n{BEGIN}\nold tables\n{END}\nafter\n")
+    assert main(["--readme", str(readme), "--results", str(res)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n" + BEGIN) and text.endswith(END + "\nafter\n")
+    assert "old tables" not in text and "#### bench-x" in text and "| 1 | 2 |" in text
+    assert "```\nmodel 7.9 ms\n```" in text
+    assert main(["--readme", str(readme), "--results", str(res)]) == 0 and readme.read_text() == text  # idempotent
+    readme.write_text("# no markers\n")
+    assert main(["--readme", str(readme), "--results", str(res)]) == 2 and readme.read_text() == "# no markers\n"
+    (res / "speed.txt").unlink()
+    readme.write_text(text)
+    assert main(["--readme", str(readme), "--results", str(res)]) == 2 and readme.read_text() == text
