@@ -58,7 +58,7 @@ import torch
 
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.network import MIEstimator
-from model.novelty import NoveltyReference, apply_calibration_by_novelty, novelty_bins
+from model.novelty import NoveltyReference, apply_calibration_by_novelty, novelty_scores
 from model.preprocess import Batch, canonical_subset, prepare_batch
 from model.quantiles import apply_calibration, interpolate_quantiles
 from model.tracing import trace_single_set
@@ -232,18 +232,18 @@ def _check_range(
 
 
 def _grid_to_levels(loaded: _Loaded, grid_t: np.ndarray, q: np.ndarray, n: np.ndarray,
-                    stats: np.ndarray | None = None) -> np.ndarray:
+                    bins: np.ndarray | None = None) -> np.ndarray:
     """(B, Q) grid in log1p space -> (B, L) quantiles in nats at levels q.
 
     n (B,): rows each set reached the network with (after any subsampling); they choose
-    the calibration row when the checkpoint has one per n range. stats (B, S): the sets'
-    statistics (``Batch.stats``), needed when the checkpoint's calibration depends on novelty.
+    the calibration row when the checkpoint has one per n range. bins (B,): the sets' novelty
+    bins (`model.novelty`), needed when the checkpoint's calibration depends on novelty.
     """
     if loaded.novelty is not None:
-        if stats is None:
-            raise ValueError("this checkpoint's calibration depends on novelty: pass the sets' statistics")
-        grid_t = apply_calibration_by_novelty(grid_t, loaded.calibration, novelty_bins(loaded.novelty, stats),
-                                              n=n, n_edges=loaded.calibration_n_edges)
+        if bins is None:
+            raise ValueError("this checkpoint's calibration depends on novelty: pass the sets' novelty bins")
+        grid_t = apply_calibration_by_novelty(grid_t, loaded.calibration, bins, n=n,
+                                              n_edges=loaded.calibration_n_edges)
     elif loaded.calibration is not None:
         grid_t = apply_calibration(grid_t, loaded.calibration, n=n, n_edges=loaded.calibration_n_edges)
     vals_t = interpolate_quantiles(loaded.levels, grid_t, q)
@@ -329,6 +329,16 @@ def predict_mi_quantiles_batch(
         float64 array (B, L): for each pair, the requested quantiles, non-decreasing in
         the level and >= 0, in the requested unit.
     """
+    return _predict(pairs, quantiles, checkpoint=checkpoint, unit=unit, device=device,
+                    on_out_of_range=on_out_of_range, max_rows=max_rows)[0]
+
+
+def _predict(pairs: Iterable[tuple[Any, Any]], quantiles: float | Sequence[float], *,
+             checkpoint: str | os.PathLike | None, unit: str, device: str | torch.device | None,
+             on_out_of_range: str, max_rows: int | None | str) -> tuple[np.ndarray, np.ndarray]:
+    """`predict_mi_quantiles_batch`, plus each set's novelty percentile (B,) (`model.novelty.novelty_percentiles`:
+    where its statistics' distance to the training sets falls among the training sets' own, 0-100; NaN when the
+    checkpoint has no novelty reference)."""
     if unit not in ("nats", "bits"):
         raise InputError(f"unit must be 'nats' or 'bits'; got {unit!r}")
     if on_out_of_range not in ("error", "warn", "ignore"):
@@ -343,11 +353,25 @@ def predict_mi_quantiles_batch(
         except InputError as exc:
             raise InputError(f"pair {k}: {exc}") from None
     if not sets:
-        return np.empty((0, q.size))
-    stats = None if loaded.novelty is None else np.empty((len(sets), loaded.novelty.mean.size))
+        return np.empty((0, q.size)), np.empty(0)
+    ref = loaded.novelty
+    stats = None if ref is None else np.empty((len(sets), ref.mean.size))
     grid_t = _forward_grid(loaded, sets, stats=stats)
-    out = _grid_to_levels(loaded, grid_t, q, np.array([x.shape[0] for x, _ in sets]), stats)
-    return out / NATS_PER_BIT if unit == "bits" else out
+    scores = None if ref is None else novelty_scores(ref, stats)
+    out = _grid_to_levels(loaded, grid_t, q, np.array([x.shape[0] for x, _ in sets]),
+                          None if ref is None else ref.bin_of(scores))
+    novelty = np.full(len(sets), np.nan) if ref is None else ref.percentile_of(scores)
+    return (out / NATS_PER_BIT if unit == "bits" else out), novelty
+
+
+def _predict_single(x: Any, y: Any, quantiles: float | Sequence[float], **kwargs: Any) -> tuple[np.ndarray, float]:
+    """`_predict` for one pair: (quantiles (L,), novelty percentile), errors without the "pair 0: " prefix."""
+    try:
+        out, novelty = _predict([(x, y)], quantiles, **kwargs)
+    except InputError as exc:
+        msg = str(exc)
+        raise InputError(msg[len("pair 0: "):] if msg.startswith("pair 0: ") else msg) from None
+    return out[0], float(novelty[0])
 
 
 def predict_mi_quantiles(
@@ -379,19 +403,8 @@ def predict_mi_quantiles(
             levels outside (0, 1), input outside the trained range (unless allowed).
         CheckpointError: the checkpoint is missing or not a valid checkpoint file.
     """
-    try:
-        return predict_mi_quantiles_batch(
-            [(x, y)],
-            quantiles,
-            checkpoint=checkpoint,
-            unit=unit,
-            device=device,
-            on_out_of_range=on_out_of_range,
-            max_rows=max_rows,
-        )[0]
-    except InputError as exc:
-        msg = str(exc)
-        raise InputError(msg[len("pair 0: "):] if msg.startswith("pair 0: ") else msg) from None
+    return _predict_single(x, y, quantiles, checkpoint=checkpoint, unit=unit, device=device,
+                           on_out_of_range=on_out_of_range, max_rows=max_rows)[0]
 
 
 def predict_mi(x: Any, y: Any, **kwargs: Any) -> float:
@@ -410,7 +423,10 @@ class EstimateResult:
 
 class AmortizedMIEstimator:
     """Estimator object with the bmi interface: ``estimate(x, y) -> float`` (median, nats)
-    and ``estimate_with_info(x, y) -> EstimateResult`` (estimate, quantiles, time).
+    and ``estimate_with_info(x, y) -> EstimateResult`` (estimate, quantiles, time, and the
+    sample's novelty percentile: how far its statistics lie from the training sets', 0-100,
+    where 99 means farther than all but 1% of the training sets; NaN for checkpoints without
+    a novelty reference).
 
     Drops into bmi-style benchmarks unchanged, without depending on bmi.
     """
@@ -442,15 +458,15 @@ class AmortizedMIEstimator:
     def estimate_with_info(self, x: Any, y: Any) -> EstimateResult:
         levels = tuple(sorted(set(self.quantiles) | {0.5}))
         t0 = time.perf_counter()
-        qs = predict_mi_quantiles(
-            x, y, levels, checkpoint=self.checkpoint, device=self.device, on_out_of_range=self.on_out_of_range
-        )
+        qs, novelty = _predict_single(x, y, levels, checkpoint=self.checkpoint, unit="nats", device=self.device,
+                                      on_out_of_range=self.on_out_of_range, max_rows="auto")
         elapsed = time.perf_counter() - t0
         by_level = {float(lv): float(v) for lv, v in zip(levels, qs)}
         return EstimateResult(
             mi_estimate=by_level[0.5],
             time_in_seconds=elapsed,
-            additional_information={"quantiles": {lv: by_level[lv] for lv in self.quantiles}, "unit": "nats"},
+            additional_information={"quantiles": {lv: by_level[lv] for lv in self.quantiles}, "unit": "nats",
+                                    "novelty_percentile": novelty},
         )
 
 
@@ -488,21 +504,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         x, y = _load_arrays(args)
         t0 = time.perf_counter()
-        qs = predict_mi_quantiles(
-            x, y, args.quantiles, checkpoint=args.checkpoint, unit=args.unit, on_out_of_range=args.on_out_of_range
-        )
+        qs, novelty = _predict_single(x, y, args.quantiles, checkpoint=args.checkpoint, unit=args.unit, device=None,
+                                      on_out_of_range=args.on_out_of_range, max_rows="auto")
         ms = 1000 * (time.perf_counter() - t0)
     except (InputError, CheckpointError, OSError, ValueError) as exc:
         print(f"infer.py: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"unit": args.unit, "quantiles": dict(zip(map(str, args.quantiles), qs.tolist())), "ms": ms}))
+        print(json.dumps({"unit": args.unit, "quantiles": dict(zip(map(str, args.quantiles), qs.tolist())), "ms": ms,
+                          "novelty_percentile": None if np.isnan(novelty) else novelty}))
     else:
         xs = np.asarray(x)
         ys = np.asarray(y)
         print(f"n = {xs.shape[0]}, dx = {1 if xs.ndim == 1 else xs.shape[1]}, dy = {1 if ys.ndim == 1 else ys.shape[1]}  ({ms:.1f} ms)")
         for lv, v in zip(args.quantiles, qs):
             print(f"  I(X;Y) quantile {lv:<6g}: {v:.4f} {args.unit}")
+        if not np.isnan(novelty):
+            print(f"  novelty: {novelty:.0f}th percentile of the training sets"
+                  + (" (unlike most training data: the interval is calibrated for that, the median may be biased)"
+                     if novelty >= 90 else ""))
     return 0
 
 

@@ -38,7 +38,9 @@ class NoveltyReference:
 
     mean, scale (S,): standardization of the set statistics (training sets' mean and standard deviation);
     points (M, S) float32: standardized statistics of the reference sets; k: neighbours averaged;
-    edges: increasing novelty scores that split sets into len(edges) + 1 bins (bin 0: most typical).
+    edges: increasing novelty scores that split sets into len(edges) + 1 bins (bin 0: most typical);
+    train_scores: the held-out training sets' novelty at the percentiles 0, 1, ..., 100 (101 values,
+    non-decreasing), for `novelty_percentiles`; empty when unknown (checkpoints of session 27's first ship).
     """
 
     mean: np.ndarray
@@ -46,6 +48,7 @@ class NoveltyReference:
     points: np.ndarray
     k: int
     edges: tuple[float, ...]
+    train_scores: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         mean, scale, points = (np.asarray(a) for a in (self.mean, self.scale, self.points))
@@ -58,6 +61,9 @@ class NoveltyReference:
         e = np.asarray(self.edges, dtype=np.float64)
         if e.ndim != 1 or e.size < 1 or np.any(np.diff(e) <= 0) or not np.all(np.isfinite(e)):
             raise ValueError(f"edges must be one or more increasing finite scores, got {self.edges!r}")
+        ts = np.asarray(self.train_scores, dtype=np.float64)
+        if ts.size and (ts.shape != (101,) or np.any(np.diff(ts) < 0) or not np.all(np.isfinite(ts))):
+            raise ValueError("train_scores must be 101 non-decreasing finite scores (percentiles 0..100) or empty")
 
     @functools.cached_property
     def _points_and_norms(self) -> tuple[np.ndarray, np.ndarray]:
@@ -70,11 +76,28 @@ class NoveltyReference:
         """Number of novelty bins, len(edges) + 1."""
         return len(self.edges) + 1
 
+    def bin_of(self, scores: np.ndarray) -> np.ndarray:
+        """Bin of each novelty score (B,) int: the number of edges it exceeds."""
+        return np.searchsorted(np.asarray(self.edges), np.asarray(scores), side="left")
+
+    def percentile_of(self, scores: np.ndarray) -> np.ndarray:
+        """Where each novelty score (B,) falls among the held-out training sets', in percent: 50 is a
+        typical training set, 99 rarer than all but 1%, 100 beyond every one; NaN without train_scores."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if not self.train_scores:
+            return np.full(scores.shape, np.nan)
+        table = np.asarray(self.train_scores)
+        # the table is the inverse CDF; ties (flat stretches) take their highest percentile
+        _, last = np.unique(table[::-1], return_index=True)
+        keep = np.sort(table.size - 1 - last)
+        return np.interp(scores, table[keep], np.arange(101.0)[keep], left=0.0, right=100.0)
+
     def to_json(self) -> dict:
         """Everything but the points, for a checkpoint's metadata."""
         return {"k": int(self.k), "edges": [float(e) for e in self.edges],
                 "mean": np.asarray(self.mean, dtype=np.float64).tolist(),
-                "scale": np.asarray(self.scale, dtype=np.float64).tolist()}
+                "scale": np.asarray(self.scale, dtype=np.float64).tolist(),
+                "train_scores": [float(v) for v in self.train_scores]}
 
     @classmethod
     def from_json(cls, d: dict, points: np.ndarray) -> "NoveltyReference":
@@ -82,7 +105,8 @@ class NoveltyReference:
         try:
             return cls(mean=np.asarray(d["mean"], dtype=np.float64), scale=np.asarray(d["scale"], dtype=np.float64),
                        points=np.asarray(points, dtype=np.float32), k=int(d["k"]),
-                       edges=tuple(float(e) for e in d["edges"]))
+                       edges=tuple(float(e) for e in d["edges"]),
+                       train_scores=tuple(float(v) for v in d.get("train_scores", ())))
         except (KeyError, TypeError) as e:
             raise ValueError(f"novelty reference needs k, edges, mean, scale: {e}") from None
 
@@ -104,9 +128,14 @@ def novelty_scores(ref: NoveltyReference, stats: np.ndarray) -> np.ndarray:
     return out
 
 
+def novelty_percentiles(ref: NoveltyReference, stats: np.ndarray) -> np.ndarray:
+    """Each set's novelty as a percentile of the held-out training sets' (B,) (`NoveltyReference.percentile_of`)."""
+    return ref.percentile_of(novelty_scores(ref, stats))
+
+
 def novelty_bins(ref: NoveltyReference, stats: np.ndarray) -> np.ndarray:
     """Bin of each set (B,) int: the number of edges its novelty score exceeds."""
-    return np.searchsorted(np.asarray(ref.edges), novelty_scores(ref, stats), side="left")
+    return ref.bin_of(novelty_scores(ref, stats))
 
 
 def fit_novelty_reference(stats: np.ndarray, quantiles, size: int = 5000, k: int = 10,
@@ -133,7 +162,9 @@ def fit_novelty_reference(stats: np.ndarray, quantiles, size: int = 5000, k: int
     edges = np.quantile(held, qs)
     if np.any(np.diff(edges) <= 0):
         raise ValueError(f"novelty quantiles {quantiles!r} give tied edges {edges.tolist()}")
-    return NoveltyReference(mean=mean, scale=scale, points=points, k=k, edges=tuple(float(e) for e in edges))
+    train_scores = tuple(float(v) for v in np.quantile(held, np.arange(101) / 100))
+    return NoveltyReference(mean=mean, scale=scale, points=points, k=k, edges=tuple(float(e) for e in edges),
+                            train_scores=train_scores)
 
 
 def fit_calibration_by_novelty(pred_grid: np.ndarray, target_t: np.ndarray, levels, n, n_edges, bins: np.ndarray,
@@ -181,4 +212,4 @@ def apply_calibration_by_novelty(pred_grid: np.ndarray, offsets: np.ndarray, bin
 
 
 __all__ = ["NoveltyReference", "apply_calibration_by_novelty", "fit_calibration_by_novelty", "fit_novelty_reference",
-           "novelty_bins", "novelty_scores"]
+           "novelty_bins", "novelty_percentiles", "novelty_scores"]

@@ -83,16 +83,21 @@ def _gaussian_examples(checkpoint: str) -> list[str]:
 
     import infer
 
-    rows = ["| n | dx = dy | rho | exact MI | 5% | median | 95% |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| n | dx = dy | rho | exact MI | 5% | median | 95% | novelty percentile |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rng = np.random.default_rng(0)
+    est = infer.AmortizedMIEstimator(checkpoint, quantiles=(0.05, 0.5, 0.95), on_out_of_range="ignore")
     for n, d, rho in [(500, 1, 0.0), (500, 1, 0.45), (500, 1, 0.9), (500, 1, 0.999), (100, 2, 0.6), (1000, 5, 0.45),
                       (1000, 5, 0.9), (200, 20, 0.5)]:
         x = rng.normal(size=(n, d))
         y = rho * x + np.sqrt(1 - rho**2) * rng.normal(size=(n, d))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            lo, med, hi = infer.predict_mi_quantiles(x, y, (0.05, 0.5, 0.95), checkpoint=checkpoint)
-        rows.append(f"| {n} | {d} | {rho} | {max(0.0, -0.5 * d * np.log(1 - rho**2)):.3f} | {lo:.3f} | {med:.3f} | {hi:.3f} |")
+            info = est.estimate_with_info(x, y).additional_information
+        lo, med, hi = (info["quantiles"][lv] for lv in (0.05, 0.5, 0.95))
+        pct = info["novelty_percentile"]
+        rows.append(f"| {n} | {d} | {rho} | {max(0.0, -0.5 * d * np.log(1 - rho**2)):.3f} | {lo:.3f} | {med:.3f} | "
+                    f"{hi:.3f} | {'-' if np.isnan(pct) else f'{pct:.0f}'} |")
     return rows
 
 
@@ -246,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     if res.is_dir():
         L += ["## Test results (eval harness; see README for per-group tables)", ""] + _results_table(res)
     L += ["## Simple Gaussian examples", "",
-          "Correlated Gaussian pairs with exact MI (generated with a fixed seed when this card was written):", ""]
+          "Correlated Gaussian pairs with exact MI (generated with a fixed seed when this card was written). The last "
+          "column says how far each sample's statistics lie from the training sets' (`model.novelty`; 50: a typical "
+          "training set, 100: beyond all of them; `AmortizedMIEstimator.estimate_with_info` and `infer.py` report it):", ""]
     L += _gaussian_examples(args.checkpoint) + [""]
     L += ["## Known limits", ""] + _limits_from_results(res) + [
           "- Trained on synthetic families only (metagen); real data whose dependence looks like none of them may",

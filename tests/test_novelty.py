@@ -18,6 +18,7 @@ from model.novelty import (
     fit_calibration_by_novelty,
     fit_novelty_reference,
     novelty_bins,
+    novelty_percentiles,
     novelty_scores,
 )
 from model.preprocess import prepare_batch, stats_dim
@@ -56,7 +57,9 @@ def test_reference_validates_its_fields():
     good = dict(mean=np.zeros(3), scale=np.ones(3), points=rng.normal(size=(10, 3)), k=2, edges=(1.0,))
     NoveltyReference(**good)
     for change, msg in [(dict(points=rng.normal(size=(10, 4))), "need mean"), (dict(scale=np.zeros(3)), "positive"),
-                        (dict(k=11), "k must"), (dict(edges=(2.0, 1.0)), "edges"), (dict(edges=()), "edges")]:
+                        (dict(k=11), "k must"), (dict(edges=(2.0, 1.0)), "edges"), (dict(edges=()), "edges"),
+                        (dict(train_scores=(1.0, 0.0)), "train_scores"),
+                        (dict(train_scores=tuple(np.linspace(1.0, 0.0, 101))), "train_scores")]:
         with pytest.raises(ValueError, match=msg):
             NoveltyReference(**{**good, **change})
     with pytest.raises(ValueError, match="needs k, edges"):
@@ -72,6 +75,17 @@ def test_fitted_edges_split_training_sets_at_the_requested_quantiles_and_far_set
     np.testing.assert_allclose(share, [0.5, 0.4, 0.1], atol=0.03)
     far = fresh[:100] + [6, 0, 0, 0, 0, 0]
     assert np.all(novelty_bins(ref, far) == 2)
+    # percentiles: fresh training-distribution sets spread evenly over 0-100, far ones at the top
+    pct = novelty_percentiles(ref, fresh)
+    assert len(ref.train_scores) == 101 and abs(pct.mean() - 50) < 2 and abs(np.mean(pct > 90) - 0.1) < 0.02
+    far_pct = novelty_percentiles(ref, far)
+    assert np.all(far_pct > 90) and np.median(far_pct) == 100.0
+    np.testing.assert_allclose(ref.percentile_of(np.array(ref.train_scores[:1]) - 1), [0.0])
+    tied = NoveltyReference(mean=ref.mean, scale=ref.scale, points=ref.points, k=ref.k, edges=ref.edges,
+                            train_scores=(0.0,) * 50 + tuple(np.linspace(0.0, 1.0, 51)))  # ties take the top percentile
+    np.testing.assert_allclose(tied.percentile_of(np.array([0.0, 0.5, 2.0])), [50.0, 75.0, 100.0])
+    assert np.isnan(NoveltyReference(mean=ref.mean, scale=ref.scale, points=ref.points, k=ref.k,
+                                     edges=ref.edges).percentile_of(np.array([1.0]))[0])
     with pytest.raises(ValueError, match="quantiles"):
         fit_novelty_reference(train, [0.9, 0.5])
     with pytest.raises(ValueError, match="N > size"):
@@ -119,7 +133,7 @@ def _model():
 def _novelty_for(model, rng, edges=(1.0,)):
     s = stats_dim(model.config)
     return NoveltyReference(mean=np.zeros(s), scale=np.ones(s), points=rng.normal(size=(50, s)).astype(np.float32),
-                            k=3, edges=edges)
+                            k=3, edges=edges, train_scores=tuple(np.linspace(0.5, 3.0, 101)))
 
 
 def test_checkpoint_round_trip_with_novelty_and_refusals(tmp_path):
@@ -136,7 +150,7 @@ def test_checkpoint_round_trip_with_novelty_and_refusals(tmp_path):
     back, meta = load_checkpoint(path)
     got = meta["calibration_novelty"]
     np.testing.assert_array_equal(got.points, ref.points)
-    assert got.edges == ref.edges and got.k == ref.k
+    assert got.edges == ref.edges and got.k == ref.k and got.train_scores == ref.train_scores
     np.testing.assert_allclose(meta["calibration"], cal)
     assert NOVELTY_POINTS not in back.state_dict()
     with pytest.raises(ValueError, match=r"shape \(2, 2, "):
@@ -173,7 +187,8 @@ def test_inference_takes_the_offsets_of_each_sets_novelty_bin(tmp_path):
     s = stats_dim(model.config)
     # reference points around the first set: it is typical (bin 0), the second is far (bin 1)
     pts = (stats[0] + 0.01 * rng.normal(size=(40, s))).astype(np.float32)
-    ref = NoveltyReference(mean=np.zeros(s), scale=np.ones(s), points=pts, k=3, edges=(0.5,))
+    ref = NoveltyReference(mean=np.zeros(s), scale=np.ones(s), points=pts, k=3, edges=(0.5,),
+                           train_scores=tuple(np.linspace(0.0, 1.0, 101)))  # percentile = 100 x score, capped
     np.testing.assert_array_equal(novelty_bins(ref, np.stack(stats)), [0, 1])
     levels = np.asarray(model.config.quantile_levels)
     cal = np.stack([np.zeros((2, levels.size)), np.full((2, levels.size), 0.7)])  # (K=2, R=2, Q)
@@ -191,3 +206,23 @@ def test_inference_takes_the_offsets_of_each_sets_novelty_bin(tmp_path):
         want = np.maximum(np.expm1(interpolate_quantiles(levels, np.log1p(raw[i]) + shift, q)), 0.0)
         np.testing.assert_allclose(batch[i], want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(single[i], want, rtol=1e-4, atol=1e-5)
+    # the sample's novelty percentile comes with estimate_with_info and the CLI's --json (NaN / null without a reference)
+    want = np.minimum(100 * novelty_scores(ref, np.stack(stats)), 100)
+    est = infer.AmortizedMIEstimator(by_bin, on_out_of_range="ignore")
+    got = [est.estimate_with_info(x, y).additional_information["novelty_percentile"] for x, y in pairs]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got[1] == 100.0 and got[0] < 10
+    assert np.isnan(infer.AmortizedMIEstimator(plain).estimate_with_info(x0, y0).additional_information["novelty_percentile"])
+    npz = tmp_path / "pair.npz"
+    np.savez(npz, x=x1, y=y1)
+    import contextlib
+    import io
+    for ckpt, expect in ((by_bin, 100.0), (plain, None)):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            assert infer.main([str(npz), "--checkpoint", str(ckpt), "--json", "--on-out-of-range", "ignore"]) == 0
+        assert json.loads(buf.getvalue())["novelty_percentile"] == expect
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert infer.main([str(npz), "--checkpoint", str(by_bin), "--on-out-of-range", "ignore"]) == 0
+    assert "novelty: 100th percentile of the training sets (unlike most training data" in buf.getvalue()
