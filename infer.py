@@ -32,6 +32,12 @@ Rules for input outside the checkpoint's trained range (``limits`` in its metada
   data; the model was trained on continuous variables): an :class:`OutOfRangeWarning`
   (none with ``on_out_of_range="ignore"``). Constant columns are fine.
 
+The network's quantiles are shifted by the checkpoint's conformal offsets: one row per n
+range (chosen by the rows the network sees) and, for checkpoints with a novelty reference
+(``model.novelty``), one block per novelty bin, chosen by how far the set's statistics lie
+from the training sets'; ``AmortizedMIEstimator.estimate_with_info`` and the CLI also report
+that distance as a percentile of the training sets' own.
+
 Single calls on the CPU run a TorchScript trace of the network (``model/tracing.py``:
 the same arithmetic without the Python overhead, about twice as fast at n <= 1000);
 batches and other devices run the eager module. ``AMORTIZED_MI_TRACE=0`` turns the

@@ -9,6 +9,7 @@ waiting for a core).
 
     .venv/bin/python scripts/bench_infer.py                        # this tree
     .venv/bin/python scripts/bench_infer.py --baseline HEAD        # + the committed code, interleaved
+    .venv/bin/python scripts/bench_infer.py --breakdown            # where one call's time goes (shipped checkpoint)
 
 With --baseline (a git revision, or a directory holding model/ and infer.py), the same
 measurements run alternately on the baseline and on this tree (fresh processes, several
@@ -31,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [(100, 5, 5), (1000, 5, 5), (5000, 5, 5), (1000, 25, 25)]
 CODE_FILES = ["infer.py", "model/__init__.py", "model/blocks.py", "model/checkpoint.py", "model/network.py",
-              "model/preprocess.py", "model/quantiles.py", "model/validation.py"]
+              "model/novelty.py", "model/preprocess.py", "model/quantiles.py", "model/tracing.py", "model/validation.py"]
 
 
 def _single_thread_env() -> dict:
@@ -88,9 +89,72 @@ def _baseline_tree(spec: str, tmp: Path) -> Path:
     dest = tmp / "baseline"
     (dest / "model").mkdir(parents=True)
     for f in CODE_FILES:
-        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{spec}:{f}"], check=True, capture_output=True).stdout
-        (dest / f).write_bytes(text)
+        r = subprocess.run(["git", "-C", str(ROOT), "show", f"{spec}:{f}"], capture_output=True)
+        if r.returncode == 0:  # files the revision does not have yet are left out
+            (dest / f).write_bytes(r.stdout)
     return dest
+
+
+def breakdown(checkpoint: str | None, repeats: int) -> None:
+    """Median milliseconds of the stages of one call at n = 1,000, 5 + 5 dims, this tree, 1 thread:
+    each stage timed alone (warm caches), then the whole call, whose excess over the sum of the
+    stages is what they cost together (caches, allocation)."""
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    import infer
+    from model import preprocess as P
+    from model.novelty import novelty_scores
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1000, 5))
+    y = 0.5 * x + rng.normal(size=(1000, 5))
+    loaded = infer.load(checkpoint)
+    cfg = loaded.model.config
+    z = np.column_stack([P.normal_scores(x), P.normal_scores(y)])
+    ref = np.arange(1000) if cfg.knn_rows >= 1000 else P.canonical_subset(z, 5, cfg.knn_rows, seed=P.SUBSET_SEED + 1)
+    batch = P.prepare_batch([(x, y)], cfg)
+    forward = loaded.single or loaded.model
+
+    def run_forward():
+        with torch.inference_mode():
+            return forward(batch)
+
+    stages = {
+        "copula scores": lambda: P.normal_scores(np.column_stack([x, y])),
+        "kNN statistics": lambda: P.knn_statistics(z, 5, ref, cfg.knn_k, quantize=cfg.knn_quantize),
+        "canonical correlations": lambda: P.canonical_correlations(z[:, :5], z[:, 5:]),
+        "column statistics": (lambda: P.column_statistics(z, 5)) if cfg.use_col_stats else None,
+        "raw statistics": (lambda: P.raw_statistics(x, y, cfg.cca_top)) if cfg.use_raw_stats else None,
+        "network forward": run_forward,
+        "novelty score": (lambda: novelty_scores(loaded.novelty, batch.stats.double().numpy()))
+        if loaded.novelty is not None else None,
+    }
+    totals = {"prepare_batch (all statistics)": lambda: P.prepare_batch([(x, y)], cfg),
+              "predict_mi_quantiles (whole call)": lambda: infer.predict_mi_quantiles(x, y, checkpoint=checkpoint)}
+
+    def median_ms(fn) -> float:
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+    print(f"stages of one call, n = 1000, dx = dy = 5, 1 thread, median of {repeats} (ms)")
+    parts = 0.0
+    for name, fn in stages.items():
+        if fn is not None:
+            ms = median_ms(fn)
+            parts += ms
+            print(f"  {name:<36} {ms:7.2f}")
+    print(f"  {'sum of the stages above':<36} {parts:7.2f}")
+    for name, fn in totals.items():
+        print(f"  {name:<36} {median_ms(fn):7.2f}")
 
 
 def _make_checkpoint(path: Path) -> None:
@@ -112,8 +176,13 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=30, help="timed single calls per size and round (>= 30)")
     p.add_argument("--batch", type=int, default=8, help="sets per batch call")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per tree with --baseline")
+    p.add_argument("--breakdown", action="store_true",
+                   help="time the stages of one call (n = 1000, 5 + 5) in this tree instead, with --checkpoint or the shipped one")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.breakdown:
+        breakdown(args.checkpoint, max(args.repeats, 30))
+        return 0
     if args.worker:
         _worker(args.worker, args.checkpoint, args.repeats, args.batch)
         return 0
