@@ -370,13 +370,18 @@ def _predict(pairs: Iterable[tuple[Any, Any]], quantiles: float | Sequence[float
     return (out / NATS_PER_BIT if unit == "bits" else out), novelty
 
 
+def _single_pair_error(exc: InputError) -> InputError:
+    """The error of a one-pair `_predict` call without its "pair 0: " prefix."""
+    msg = str(exc)
+    return InputError(msg[len("pair 0: "):] if msg.startswith("pair 0: ") else msg)
+
+
 def _predict_single(x: Any, y: Any, quantiles: float | Sequence[float], **kwargs: Any) -> tuple[np.ndarray, float]:
     """`_predict` for one pair: (quantiles (L,), novelty percentile), errors without the "pair 0: " prefix."""
     try:
         out, novelty = _predict([(x, y)], quantiles, **kwargs)
     except InputError as exc:
-        msg = str(exc)
-        raise InputError(msg[len("pair 0: "):] if msg.startswith("pair 0: ") else msg) from None
+        raise _single_pair_error(exc) from None
     return out[0], float(novelty[0])
 
 
@@ -409,8 +414,11 @@ def predict_mi_quantiles(
             levels outside (0, 1), input outside the trained range (unless allowed).
         CheckpointError: the checkpoint is missing or not a valid checkpoint file.
     """
-    return _predict_single(x, y, quantiles, checkpoint=checkpoint, unit=unit, device=device,
-                           on_out_of_range=on_out_of_range, max_rows=max_rows)[0]
+    try:  # _predict directly, so that its warnings point at the caller (stacklevel)
+        return _predict([(x, y)], quantiles, checkpoint=checkpoint, unit=unit, device=device,
+                        on_out_of_range=on_out_of_range, max_rows=max_rows)[0][0]
+    except InputError as exc:
+        raise _single_pair_error(exc) from None
 
 
 def predict_mi(x: Any, y: Any, **kwargs: Any) -> float:
@@ -526,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for lv, v in zip(args.quantiles, qs):
             print(f"  I(X;Y) quantile {lv:<6g}: {v:.4f} {args.unit}")
         if not np.isnan(novelty):
-            print(f"  novelty: {novelty:.0f}th percentile of the training sets"
+            print(f"  novelty: percentile {novelty:.0f} of the training sets"
                   + (" (unlike most training data: the interval is calibrated for that, the median may be biased)"
                      if novelty >= 90 else ""))
     return 0

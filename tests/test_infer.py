@@ -286,3 +286,21 @@ def test_shipped_default_checkpoint_is_sane():
         assert lo - 0.05 <= true <= hi, (rho, lo, med, hi, true)  # MI = 0 sits on the boundary
         meds.append(med)
     assert meds[0] < meds[1] < meds[2], meds
+
+
+def test_out_of_range_warnings_point_at_the_callers_line(ckpt):
+    """Each OutOfRangeWarning names the line that called predict_mi_quantiles / _batch (stacklevel), so a
+    user sees where the extrapolation came from, not a line inside infer.py."""
+    x, y = _pair(n=1000)
+    xd = np.round(x, 0)  # discrete-looking columns
+    calls = [lambda: infer.predict_mi_quantiles(x, y, checkpoint=ckpt),
+             lambda: infer.predict_mi_quantiles_batch([(x, y)], checkpoint=ckpt),
+             lambda: infer.predict_mi_quantiles(xd, y[:, :1], checkpoint=ckpt),
+             lambda: infer.predict_mi_quantiles(*_pair(n=200, dx=10, dy=2), checkpoint=ckpt, on_out_of_range="warn")]
+    for call in calls:
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            call()
+        got = [r for r in rec if issubclass(r.category, OutOfRangeWarning)]
+        assert got and all(Path(r.filename).resolve() == Path(__file__).resolve() for r in got), \
+            [(r.filename, str(r.message)[:60]) for r in got]

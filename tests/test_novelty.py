@@ -225,4 +225,4 @@ def test_inference_takes_the_offsets_of_each_sets_novelty_bin(tmp_path):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert infer.main([str(npz), "--checkpoint", str(by_bin), "--on-out-of-range", "ignore"]) == 0
-    assert "novelty: 100th percentile of the training sets (unlike most training data" in buf.getvalue()
+    assert "novelty: percentile 100 of the training sets (unlike most training data" in buf.getvalue()
