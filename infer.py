@@ -518,12 +518,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         x, y = _load_arrays(args)
         t0 = time.perf_counter()
-        qs, novelty = _predict_single(x, y, args.quantiles, checkpoint=args.checkpoint, unit=args.unit, device=None,
-                                      on_out_of_range=args.on_out_of_range, max_rows="auto")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", OutOfRangeWarning)
+            qs, novelty = _predict_single(x, y, args.quantiles, checkpoint=args.checkpoint, unit=args.unit,
+                                          device=None, on_out_of_range=args.on_out_of_range, max_rows="auto")
         ms = 1000 * (time.perf_counter() - t0)
     except (InputError, CheckpointError, OSError, ValueError) as exc:
         print(f"infer.py: error: {exc}", file=sys.stderr)
         return 2
+    for w in caught:  # one plain line each, not a source line of infer.py
+        print(f"infer.py: warning: {w.message}", file=sys.stderr)
     if args.json:
         print(json.dumps({"unit": args.unit, "quantiles": dict(zip(map(str, args.quantiles), qs.tolist())), "ms": ms,
                           "novelty_percentile": None if np.isnan(novelty) else novelty}))

@@ -270,6 +270,13 @@ def test_cli(ckpt, tmp_path):
         capture_output=True, text=True, cwd=ROOT,
     )
     assert r.returncode == 2 and "same number of samples" in r.stderr and "Traceback" not in r.stderr
+    # a warning is one plain line on stderr (not a source line of infer.py); the answer still comes
+    xw, yw = _pair(n=1000)
+    np.savez(npz, x=xw, y=yw)
+    r = subprocess.run([sys.executable, str(ROOT / "infer.py"), str(npz), "--checkpoint", str(ckpt)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "I(X;Y) quantile 0.5" in r.stdout, r.stderr
+    assert r.stderr.startswith("infer.py: warning: n = 1000 exceeds the trained maximum") and "_predict" not in r.stderr
 
 
 def test_shipped_default_checkpoint_is_sane():
