@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.quantiles import apply_calibration, fit_calibration_by_n
+from model.quantiles import _as_groupings, apply_calibration, fit_calibration_by_n
 
 _SCORE_CHUNK = 256
 """Sets scored per distance block (a (chunk, M) float64 matrix)."""
@@ -181,8 +181,7 @@ def fit_calibration_by_novelty(pred_grid: np.ndarray, target_t: np.ndarray, leve
     bins = np.asarray(bins)
     tails = np.broadcast_to(np.asarray(upper_tails, dtype=np.float64), (num_bins,))
     groups = kwargs.pop("groups", None)
-    groupings = None if groups is None else ([np.asarray(g) for g in groups] if isinstance(groups, (list, tuple))
-                                             else [np.asarray(groups)])
+    groupings = None if groups is None else _as_groupings(groups)
     rows = []
     for b in range(num_bins):
         sel = bins == b

@@ -39,7 +39,7 @@ from model.checkpoint import load_checkpoint  # noqa: E402
 from model.novelty import (apply_calibration_by_novelty, fit_calibration_by_novelty, fit_novelty_reference,  # noqa: E402
                            novelty_bins)
 from model.quantiles import apply_calibration, fit_calibration_by_n  # noqa: E402
-from scripts.ship_checkpoint import _int_list, uncalibrated_predictions  # noqa: E402
+from scripts.ship_checkpoint import _float_list, _int_list, batch_stats, uncalibrated_predictions  # noqa: E402
 from scripts.select_checkpoint import outside_bands  # noqa: E402
 
 
@@ -112,15 +112,6 @@ def raw_misses_by_novelty(levels: np.ndarray, stores: dict[str, dict], bins: int
     return out
 
 
-def _batch_stats(model, batch):
-    """``infer._forward_grid`` outputs: each set's statistics (B, S), what `model.novelty` scores."""
-    return batch.stats
-
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
@@ -128,15 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val", action="append", required=True, help="validation store (repeat)")
     p.add_argument("--n-edges", action="append", type=_int_list, metavar="N1,N2,...",
                    help="n ranges of one scheme (repeat to compare; default 300,1000)")
-    p.add_argument("--central-robust", type=_floats, default=[1.0], help="comma-separated values to compare")
-    p.add_argument("--upper-tail", type=_floats, default=[1.0], help="comma-separated values to compare")
+    p.add_argument("--central-robust", type=_float_list, default=[1.0], help="comma-separated values to compare")
+    p.add_argument("--upper-tail", type=_float_list, default=[1.0], help="comma-separated values to compare")
     p.add_argument("--novelty-store", help="training-distribution store for the novelty reference (as ship_checkpoint's "
                                            "--calib-novelty-store, its first --novelty-sets sets); adds the schemes of "
                                            "--novelty-upper-tails")
     p.add_argument("--novelty-sets", type=int, default=8000)
     p.add_argument("--novelty-reference", type=int, default=5000)
-    p.add_argument("--novelty-quantiles", type=_floats, default=[0.75], help="bin edges as training-novelty quantiles")
-    p.add_argument("--novelty-upper-tails", action="append", type=_floats, metavar="K1,K2,...",
+    p.add_argument("--novelty-quantiles", type=_float_list, default=[0.75], help="bin edges as training-novelty quantiles")
+    p.add_argument("--novelty-upper-tails", action="append", type=_float_list, metavar="K1,K2,...",
                    help="one upper tail per novelty bin (repeat to compare); each with every --n-edges and --central-robust")
     p.add_argument("--work", required=True, help="cache folder for the raw predictions")
     p.add_argument("--out", help="write all numbers here as JSON")
@@ -150,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = {Path(s).name: set_labels(s, vals[Path(s).name]["t"]) for s in args.val}
     novelty = None
     if args.novelty_store:
-        ref = raw_grid(Path(args.checkpoint), args.novelty_store, work, outputs=_batch_stats, tag="stats-")
+        ref = raw_grid(Path(args.checkpoint), args.novelty_store, work, outputs=batch_stats, tag="stats-")
         novelty = fit_novelty_reference(ref["grid"][: args.novelty_sets], args.novelty_quantiles,
                                         size=args.novelty_reference)
         cal["bin"] = novelty_bins(novelty, cal["stats"])

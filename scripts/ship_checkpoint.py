@@ -126,6 +126,12 @@ def uncalibrated_predictions(model, limits: dict, info: dict, store_paths: list[
             "dims": np.array(dims), "geometric": np.array(geometric), "stats": stats, "used": used}
 
 
+def batch_stats(model, batch):
+    """``infer._forward_grid`` outputs that skip the network: each set's statistics (B, S), what `model.novelty`
+    scores (the novelty reference needs nothing else)."""
+    return batch.stats
+
+
 def _float_list(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -219,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         novelty, bin_of = None, None
         if args.calib_novelty_store:
             ref = uncalibrated_predictions(model, limits, info, [args.calib_novelty_store],
-                                           Path(args.out).with_suffix(".uncalibrated.tmp"), args.calib_novelty_sets)
+                                           Path(args.out).with_suffix(".uncalibrated.tmp"), args.calib_novelty_sets,
+                                           outputs=batch_stats)
             try:
                 novelty = fit_novelty_reference(ref["stats"], args.calib_novelty_quantiles,
                                                 size=args.calib_novelty_reference)
