@@ -435,3 +435,38 @@ def test_sync_readme_results_replaces_only_the_marked_block(tmp_path):
     (res / "speed.txt").unlink()
     readme.write_text(text)
     assert main(["--readme", str(readme), "--results", str(res)]) == 2 and readme.read_text() == text
+
+
+def test_rotation_views_rotations_are_orthogonal_and_view_one_is_the_set_itself(tmp_path):
+    """haar_orthogonal gives orthogonal matrices whose mean over draws is near zero (no preferred
+    direction), and the CLI on a tiny store with one view reports the plain model's MAE: K = 1 is the
+    set itself, so its MAE equals the harness-free median error computed here directly."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT))
+    import infer
+    from metagen.config import load_config
+    from metagen.generate import generate
+    from metagen.store import open_store
+    from rotation_views import haar_orthogonal
+
+    rng = np.random.default_rng(0)
+    qs = [haar_orthogonal(4, rng) for _ in range(400)]
+    for q in qs[:5]:
+        np.testing.assert_allclose(q.T @ q, np.eye(4), atol=1e-12)
+    assert np.abs(np.mean(qs, axis=0)).max() < 0.15  # entries average out (Haar: mean 0)
+    assert haar_orthogonal(1, rng).shape == (1, 1) and abs(abs(haar_orthogonal(1, rng)[0, 0]) - 1) < 1e-12
+
+    generate(load_config(ROOT / "configs" / "metagen" / "tiny.toml"), tmp_path / "s", num_sets=6, seed=3, progress=False)
+    out = tmp_path / "views.json"
+    proc = _run("--store", str(tmp_path / "s"), "--views", "2", "--out", str(out), script="rotation_views.py")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())["s"]
+    assert report["sets"] == 6 and set(report["views"]) == {"1", "2"} and "error_correlation_view0_view1" in report
+    store = open_store(tmp_path / "s")
+    med = [infer.predict_mi_quantiles(*(a.astype(np.float64) for a in store.get(i)), 0.5, on_out_of_range="ignore")[0]
+           for i in range(len(store))]
+    assert report["views"]["1"]["mae"] == pytest.approx(float(np.abs(np.array(med) - store.mi).mean()), rel=1e-6)
+    bad = _run("--store", str(tmp_path / "s"), "--views", "0", script="rotation_views.py")
+    assert bad.returncode == 2 and "--views" in bad.stderr
