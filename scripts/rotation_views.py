@@ -25,15 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def haar_orthogonal(d: int, rng: np.random.Generator) -> np.ndarray:
-    """A Haar-random orthogonal (d, d) matrix (QR of a Gaussian matrix, signs fixed)."""
-    q, r = np.linalg.qr(rng.normal(size=(d, d)))
-    return q * np.sign(np.diag(r))
-
-
 def score_store(path: str, views: int, checkpoint: str | None, seed: int, limit: int | None) -> dict:
     """Medians (sets, views) of the model on each set's views, and the per-K summary."""
     import infer
+    from metagen.families.common import random_orthogonal
     from metagen.store import open_store
 
     store = open_store(path)
@@ -42,7 +37,7 @@ def score_store(path: str, views: int, checkpoint: str | None, seed: int, limit:
     med = np.empty((count, views))
     for i in range(count):
         x, y = (a.astype(np.float64) for a in store.get(i))
-        pairs = [(x, y)] + [(x @ haar_orthogonal(x.shape[1], rng), y @ haar_orthogonal(y.shape[1], rng))
+        pairs = [(x, y)] + [(x @ random_orthogonal(x.shape[1], rng), y @ random_orthogonal(y.shape[1], rng))
                             for _ in range(views - 1)]
         med[i] = infer.predict_mi_quantiles_batch(pairs, 0.5, checkpoint=checkpoint, on_out_of_range="ignore")[:, 0]
     mi = store.mi[:count].astype(np.float64)

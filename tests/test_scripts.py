@@ -438,25 +438,24 @@ def test_sync_readme_results_replaces_only_the_marked_block(tmp_path):
 
 
 def test_rotation_views_rotations_are_orthogonal_and_view_one_is_the_set_itself(tmp_path):
-    """haar_orthogonal gives orthogonal matrices whose mean over draws is near zero (no preferred
-    direction), and the CLI on a tiny store with one view reports the plain model's MAE: K = 1 is the
-    set itself, so its MAE equals the harness-free median error computed here directly."""
+    """The rotations (metagen's random_orthogonal) are orthogonal with mean near zero over draws (no
+    preferred direction), and the CLI on a tiny store with two views reports, for K = 1 (the set
+    itself), the plain model's MAE computed here directly."""
     import numpy as np
 
-    sys.path.insert(0, str(ROOT / "scripts"))
     sys.path.insert(0, str(ROOT))
     import infer
     from metagen.config import load_config
+    from metagen.families.common import random_orthogonal
     from metagen.generate import generate
     from metagen.store import open_store
-    from rotation_views import haar_orthogonal
 
     rng = np.random.default_rng(0)
-    qs = [haar_orthogonal(4, rng) for _ in range(400)]
+    qs = [random_orthogonal(4, rng) for _ in range(400)]
     for q in qs[:5]:
         np.testing.assert_allclose(q.T @ q, np.eye(4), atol=1e-12)
     assert np.abs(np.mean(qs, axis=0)).max() < 0.15  # entries average out (Haar: mean 0)
-    assert haar_orthogonal(1, rng).shape == (1, 1) and abs(abs(haar_orthogonal(1, rng)[0, 0]) - 1) < 1e-12
+    assert random_orthogonal(1, rng).shape == (1, 1) and abs(abs(random_orthogonal(1, rng)[0, 0]) - 1) < 1e-12
 
     generate(load_config(ROOT / "configs" / "metagen" / "tiny.toml"), tmp_path / "s", num_sets=6, seed=3, progress=False)
     out = tmp_path / "views.json"
