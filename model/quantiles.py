@@ -91,7 +91,7 @@ def _as_groupings(groups) -> list[np.ndarray]:
 
 
 def fit_calibration(pred_grid: np.ndarray, target_t: np.ndarray, levels, groups=None,
-                    min_group: int = 50, central_robust: float = 1.0) -> np.ndarray:
+                    min_group: int = 50, central_robust: float = 1.0, tail_robust: float = 1.0) -> np.ndarray:
     """Per-level additive offsets c (Q,) in t-space, split-conformal per level.
 
     pred_grid (N, Q) predicted grid quantiles on held-out sets, target_t (N,) true t.
@@ -110,12 +110,14 @@ def fit_calibration(pred_grid: np.ndarray, target_t: np.ndarray, levels, groups=
 
     central_robust in [0, 1]: how much of that group-robustness the central levels
     (0.1 < tau < 0.9, the ends of intervals up to 80%) take: their offsets are
-    pooled + central_robust * (group-robust - pooled); the tails stay fully robust. Robust
-    ends of a 50% interval over-cover the mix (every group at least 50% means the mix
-    well above it); 0.5 goes half-way.
+    pooled + central_robust * (group-robust - pooled). Robust ends of a 50% interval
+    over-cover the mix (every group at least 50% means the mix well above it); 0.5 goes
+    half-way. tail_robust in [0, 1]: the same for the other levels (tau <= 0.1 and tau >= 0.9,
+    the ends of the 80% and wider intervals; 1, the default, keeps them fully robust).
     """
-    if not 0.0 <= central_robust <= 1.0:
-        raise ValueError(f"central_robust must lie in [0, 1], got {central_robust!r}")
+    for name, value in (("central_robust", central_robust), ("tail_robust", tail_robust)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
     if groups is not None:
         groupings = _as_groupings(groups)
         for g in groupings:
@@ -129,7 +131,8 @@ def fit_calibration(pred_grid: np.ndarray, target_t: np.ndarray, levels, groups=
                                    if np.sum(g == lab) >= min_group])  # (1 + groups, Q)
         robust = np.where(levels > 0.5, per.max(axis=0), np.where(levels < 0.5, per.min(axis=0), pooled))
         central = (levels > CENTRAL[0]) & (levels < CENTRAL[1])
-        return np.where(central, pooled + central_robust * (robust - pooled), robust)
+        w = np.where(central, central_robust, tail_robust)
+        return np.where(w == 1.0, robust, pooled + w * (robust - pooled))
     pred_grid = np.asarray(pred_grid, dtype=np.float64)
     target_t = np.asarray(target_t, dtype=np.float64)
     levels = np.asarray(levels, dtype=np.float64)
@@ -176,14 +179,14 @@ def check_n_edges(n_edges) -> tuple[int, ...]:
 
 def fit_calibration_by_n(pred_grid: np.ndarray, target_t: np.ndarray, levels, n, n_edges, groups=None,
                          min_group: int = 50, min_range: int = 100, central_robust: float = 1.0,
-                         upper_tail: float = 1.0) -> np.ndarray:
+                         upper_tail: float = 1.0, tail_robust: float = 1.0) -> np.ndarray:
     """Offsets (R, Q), R = len(n_edges) + 1: `fit_calibration` on the sets of each n range alone.
 
     Mondrian split-conformal: range r's row is fitted only on the held-out sets whose n
     falls in it (`n_range_index`), so every range, not only the mix, gets its nominal
     coverage, e.g. when the network is sharper than it should be at large n. pred_grid
     (N, Q), target_t (N,), n (N,) the sample sizes the network saw; groups as in
-    `fit_calibration` (group-robust within each range), central_robust too. ValueError
+    `fit_calibration` (group-robust within each range), central_robust and tail_robust too. ValueError
     when a range holds fewer than `min_range` sets (its tail offsets would be noise).
 
     upper_tail in (0, 1]: in every range but the first (n above n_edges[0]), the levels
@@ -216,7 +219,7 @@ def fit_calibration_by_n(pred_grid: np.ndarray, target_t: np.ndarray, levels, n,
         if k > 0:
             lv = np.where(lv >= UPPER_TAIL_FROM, 1.0 - upper_tail * (1.0 - lv), lv)
         rows.append(fit_calibration(pred_grid[sel], target_t[sel], lv, groups=g, min_group=min_group,
-                                    central_robust=central_robust))
+                                    central_robust=central_robust, tail_robust=tail_robust))
     return np.stack(rows)
 
 

@@ -10,8 +10,8 @@ The network runs once per store, exactly as ``infer`` runs it but without any st
 calibration (its raw grid quantiles in log1p space are cached under ``--work``, one file
 per checkpoint content and store name); every scheme is then fitted on the pooled
 calibration stores and scored on the validation stores in numpy, in seconds. Schemes:
-every combination of ``--n-edges`` (repeat), ``--central-robust`` and ``--upper-tail``
-(comma-separated) of the dimension-robust per-n-range fit that
+every combination of ``--n-edges`` (repeat), ``--central-robust``, ``--tail-robust`` and
+``--upper-tail`` (comma-separated) of the dimension-robust per-n-range fit that
 ``scripts/ship_checkpoint.py`` makes (``model.quantiles.fit_calibration_by_n``). Prints,
 per scheme and store, the MAE of the median, the 50% and 90% coverage (also per n for
 stores with at most five distinct n; for 90% also the share of sets below and above
@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="n ranges of one scheme (repeat to compare; default 300,1000)")
     p.add_argument("--central-robust", type=_float_list, default=[1.0], help="comma-separated values to compare")
     p.add_argument("--upper-tail", type=_float_list, default=[1.0], help="comma-separated values to compare")
+    p.add_argument("--tail-robust", type=_float_list, default=[1.0],
+                   help="comma-separated values to compare (the tails' share of the group-robustness; 1: all of it)")
     p.add_argument("--novelty-store", help="training-distribution store for the novelty reference (as ship_checkpoint's "
                                            "--calib-novelty-store, its first --novelty-sets sets); adds the schemes of "
                                            "--novelty-upper-tails")
@@ -157,18 +159,21 @@ def main(argv: list[str] | None = None) -> int:
     schemes += [(None, tails) for tails in (args.novelty_upper_tails or []) if novelty is not None]
     results = []
     for edges in args.n_edges or [[300, 1000]]:
-        for lam in args.central_robust:
+        for lam, rob in [(lam, rob) for lam in args.central_robust for rob in args.tail_robust]:
             for up, tails in schemes:
                 try:
                     if tails is None:
                         offsets = fit_calibration_by_n(cal["grid"], cal["t"], levels, cal["n"], edges,
-                                                       groups=cal["dims"], central_robust=lam, upper_tail=up)
+                                                       groups=cal["dims"], central_robust=lam, upper_tail=up,
+                                                       tail_robust=rob)
                     else:
                         offsets = fit_calibration_by_novelty(cal["grid"], cal["t"], levels, cal["n"], edges, cal["bin"],
-                                                             novelty.bins, tails, groups=cal["dims"], central_robust=lam)
+                                                             novelty.bins, tails, groups=cal["dims"], central_robust=lam,
+                                                             tail_robust=rob)
                 except ValueError as e:
                     p.error(str(e))
-                row = {"n_edges": edges, "central_robust": lam, "upper_tail": up if tails is None else tails,
+                row = {"n_edges": edges, "central_robust": lam, "tail_robust": rob,
+                       "upper_tail": up if tails is None else tails,
                        "novelty_quantiles": None if tails is None else args.novelty_quantiles, "stores": {}}
                 for name, v in vals.items():
                     if tails is None:
@@ -189,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         tail = (f"upper_tail {r['upper_tail']:g}" if r["novelty_quantiles"] is None else
                 f"novelty bins at {r['novelty_quantiles']}, upper tails {r['upper_tail']}")
         print(f"n_edges {','.join(map(str, r['n_edges']))}  central_robust {r['central_robust']:g}  "
+              f"tail_robust {r['tail_robust']:g}  "
               f"{tail}: distance outside the bands {r['outside']:.4f}")
         for name, s in r["stores"].items():
             per = "".join(f"  n={k}: {c['50']:.3f}/{c['90']:.3f} w{c['width90']:.2f}" for k, c in s.get("per_n", {}).items())

@@ -26,7 +26,8 @@ calibration sets: ``--calib-store`` may be repeated to pool stores (e.g. add
 ``calib-large-n``, made with ``configs/metagen/calib_large_n.toml``).
 ``--calib-central-robust 0.5`` takes the central levels (0.1 < tau < 0.9) only half-way
 from the pooled to the group-robust offsets (robust ends of a 50% interval over-cover
-the mix); ``--calib-upper-tail 0.7`` (needs ``--calib-n-edges``) fits the levels
+the mix; ``--calib-tail-robust`` does the same for the other levels, the ends of the 80%
+and wider intervals); ``--calib-upper-tail 0.7`` (needs ``--calib-n-edges``) fits the levels
 tau >= 0.9 above the first n edge at 1 - 0.7 (1 - tau), for the out-of-distribution
 underestimates at large n that the calibration sets cannot show
 (``model.quantiles.fit_calibration_by_n``). Prints the coverage of each quantile level
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                         "geometric vs other transforms, or one pooled fit")
     p.add_argument("--calib-central-robust", type=float, default=1.0, metavar="LAMBDA",
                    help="group-robustness of the central levels' offsets, 0 (pooled) to 1 (default: fully robust)")
+    p.add_argument("--calib-tail-robust", type=float, default=1.0, metavar="LAMBDA",
+                   help="the same for the other levels (tau <= 0.1, tau >= 0.9), 0 to 1 (default: fully robust)")
     p.add_argument("--calib-upper-tail", type=_float_list, default=[1.0], metavar="K[,K2,...]",
                    help="fit levels tau >= 0.9 above the first n edge at 1 - K (1 - tau); K in (0, 1], default 1; "
                         "with --calib-novelty-store one K per novelty bin (or one for all)")
@@ -181,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 0.0 <= args.calib_central_robust <= 1.0:
         p.error(f"--calib-central-robust must lie in [0, 1], got {args.calib_central_robust}")
+    if not 0.0 <= args.calib_tail_robust <= 1.0:
+        p.error(f"--calib-tail-robust must lie in [0, 1], got {args.calib_tail_robust}")
     if not all(0.0 < k <= 1.0 for k in args.calib_upper_tail):
         p.error(f"--calib-upper-tail must lie in (0, 1], got {args.calib_upper_tail}")
     if any(k != 1.0 for k in args.calib_upper_tail) and not args.calib_n_edges:
@@ -240,14 +245,16 @@ def main(argv: list[str] | None = None) -> int:
             if novelty is not None:
                 offsets = fit_calibration_by_novelty(grid, target, levels, n_seen, n_edges, bin_of, novelty.bins,
                                                      args.calib_upper_tail, groups=grouping,
-                                                     central_robust=args.calib_central_robust)
+                                                     central_robust=args.calib_central_robust,
+                                                     tail_robust=args.calib_tail_robust)
             elif n_edges:
                 offsets = fit_calibration_by_n(grid, target, levels, n_seen, n_edges, groups=grouping,
                                                central_robust=args.calib_central_robust,
-                                               upper_tail=args.calib_upper_tail[0])
+                                               upper_tail=args.calib_upper_tail[0], tail_robust=args.calib_tail_robust)
             else:
                 offsets = fit_calibration(grid, target, levels, groups=grouping,
-                                          central_robust=args.calib_central_robust)
+                                          central_robust=args.calib_central_robust,
+                                          tail_robust=args.calib_tail_robust)
         except ValueError as e:
             p.error(str(e))
         if novelty is not None:
@@ -271,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         calibration = np.asarray(offsets).tolist()
         info["calibration_store"] = {**used[0], "groups": args.calib_groups, "n_edges": n_edges,
                                      "central_robust": args.calib_central_robust,
+                                     "tail_robust": args.calib_tail_robust,
                                      "upper_tail": (args.calib_upper_tail if novelty is not None
                                                     else args.calib_upper_tail[0])}
         if novelty is not None:

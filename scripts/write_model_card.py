@@ -28,10 +28,14 @@ def _calibration_shape(cal: dict) -> str:
     """One sentence on the offsets' robustness options (ship_checkpoint's --calib-*), or ''."""
     parts = []
     if cal.get("groups") and cal["groups"] != "none":
-        robust = cal.get("central_robust", 1.0)
-        parts.append(f"robust over {cal['groups']} groups (every group covered at least nominally)"
-                     + ("" if robust == 1.0 else f" in the tails, {robust:g} of the way from pooled to robust "
-                                                  "in the central levels (0.1 < tau < 0.9)"))
+        robust, tail = cal.get("central_robust", 1.0), cal.get("tail_robust", 1.0)
+        share = lambda lam, where: (f"{lam:g} of the way from pooled to robust in {where}"
+                                    if lam != 1.0 else f"fully robust in {where}")
+        text = f"robust over {cal['groups']} groups (every group covered at least nominally)"
+        if (robust, tail) != (1.0, 1.0):
+            text += (f": {share(tail, 'the tails (tau <= 0.1, tau >= 0.9)')}, "
+                     f"{share(robust, 'the central levels (0.1 < tau < 0.9)')}")
+        parts.append(text)
     nov = cal.get("novelty")
     tails = cal.get("upper_tail", 1.0)
     tails = tails if isinstance(tails, list) else [tails]

@@ -757,6 +757,40 @@ def test_central_robust_blends_pooled_and_group_robust_offsets():
             fit_calibration(pred, target, levels, groups=groups, central_robust=bad)
 
 
+def test_tail_robust_blends_the_tails_alone():
+    """tail_robust: the levels tau <= 0.1 and tau >= 0.9 move from the pooled offsets (0) to the
+    group-robust ones (1, the default) linearly, the central levels keep central_robust's blend;
+    the 90% interval then covers the mix less than the robust one and at least the pooled one."""
+    levels, groups, target, pred = _grouped_predictor(5)
+    pooled = fit_calibration(pred, target, levels)
+    robust = fit_calibration(pred, target, levels, groups=groups)
+    central = (levels > 0.1) & (levels < 0.9)
+    assert np.any(robust[~central] != pooled[~central])  # the blend is not vacuous here
+    np.testing.assert_array_equal(fit_calibration(pred, target, levels, groups=groups, tail_robust=1.0), robust)
+    zero = fit_calibration(pred, target, levels, groups=groups, central_robust=0.5, tail_robust=0.0)
+    np.testing.assert_array_equal(zero[~central], pooled[~central])
+    np.testing.assert_array_equal(zero[central], fit_calibration(pred, target, levels, groups=groups,
+                                                                 central_robust=0.5)[central])
+    half = fit_calibration(pred, target, levels, groups=groups, tail_robust=0.5)
+    np.testing.assert_allclose(half[~central], 0.5 * (pooled[~central] + robust[~central]))
+    np.testing.assert_array_equal(half[central], robust[central])
+    lo, hi = np.searchsorted(levels, 0.05), np.searchsorted(levels, 0.95)
+    assert levels[lo] == 0.05 and levels[hi] == 0.95
+    inside = lambda off: np.mean((target >= pred[:, lo] + off[lo]) & (target <= pred[:, hi] + off[hi]))
+    assert inside(pooled) <= inside(half) <= inside(robust) and inside(pooled) < inside(robust)
+    assert inside(pooled) >= 0.9 - 1.0 / target.size  # pooled: nominal on the mix (split-conformal)
+    # fit_calibration_by_n passes it to each range's fit
+    rng = np.random.default_rng(6)
+    n_sets = rng.integers(10, 3000, size=target.size)
+    by_n = fit_calibration_by_n(pred, target, levels, n_sets, [1000], groups=[groups], tail_robust=0.0)
+    small = n_sets <= 1000
+    np.testing.assert_array_equal(by_n[0], fit_calibration(pred[small], target[small], levels, groups=[groups[small]],
+                                                           tail_robust=0.0))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="tail_robust must lie in"):
+            fit_calibration(pred, target, levels, groups=groups, tail_robust=bad)
+
+
 def test_upper_tail_fits_upper_levels_higher_above_the_first_edge():
     """upper_tail k: above the first n edge the levels tau >= 0.9 are fitted at 1 - k (1 - tau), so
     on the calibration sets of those ranges they cover at least that; the first range is unchanged."""

@@ -234,6 +234,9 @@ def test_model_card_describes_the_calibration_shape():
     assert "robust over dims groups" in plain and "central" not in plain and "n edge" not in plain
     shaped = _calibration_shape({"groups": "dims", "central_robust": 0.5, "upper_tail": 0.7})
     assert "0.5 of the way from pooled to robust" in shaped and "1 - 0.7 (1 - tau)" in shaped
+    assert "fully robust in the tails" in shaped
+    tails = _calibration_shape({"groups": "dims", "central_robust": 0.5, "tail_robust": 0.25})
+    assert "0.25 of the way from pooled to robust in the tails" in tails and "0.5 of the way" in tails
     novel = _calibration_shape({"groups": "dims", "upper_tail": [0.7, 0.5],
                                 "novelty": {"store": "/s/train-x", "quantiles": [0.75]}})
     assert "per novelty bin (edge at the 0.75 quantile" in novel and "`train-x`" in novel

@@ -589,12 +589,13 @@ def test_ship_checkpoint_fits_offsets_per_n_range_on_pooled_stores(stores, tmp_p
     # cover at least 1 - K (1 - tau) of the calibration sets
     tailed = tmp_path / "tailed.safetensors"
     r = subprocess.run(ship + ["--out", str(tailed), "--calib-n-edges", str(edge), "--calib-upper-tail", "0.7",
-                               "--calib-central-robust", "0.5"],
+                               "--calib-central-robust", "0.5", "--calib-tail-robust", "0.5"],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     _, tmeta = load_checkpoint(tailed)
     assert tmeta["info"]["calibration_store"]["upper_tail"] == 0.7
     assert tmeta["info"]["calibration_store"]["central_robust"] == 0.5
+    assert tmeta["info"]["calibration_store"]["tail_robust"] == 0.5
     q = infer.predict_mi_quantiles_batch(sets, list(levels), checkpoint=tailed, on_out_of_range="ignore")
     covered = (mi[n > edge, None] <= q[n > edge] + 1e-9).mean(axis=0)
     tail = levels >= 0.9
@@ -606,12 +607,13 @@ def test_ship_checkpoint_fits_offsets_per_n_range_on_pooled_stores(stores, tmp_p
     r = subprocess.run([PY, str(ROOT / "scripts" / "calibration_study.py"), "--checkpoint", str(src),
                         "--calib-store", str(stores["train"]), "--calib-store", str(stores["val"]),
                         "--val", str(stores["val"]), "--n-edges", str(edge), "--central-robust", "1,0.5",
-                        "--upper-tail", "0.7", "--work", str(tmp_path / "study"), "--out", str(study)],
+                        "--tail-robust", "1,0.5", "--upper-tail", "0.7", "--work", str(tmp_path / "study"), "--out", str(study)],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     schemes = json.loads(study.read_text())
-    assert len(schemes) == 2 and [s["outside"] for s in schemes] == sorted(s["outside"] for s in schemes)
-    mine = next(s for s in schemes if s["central_robust"] == 0.5)["stores"][Path(stores["val"]).name]
+    assert len(schemes) == 4 and [s["outside"] for s in schemes] == sorted(s["outside"] for s in schemes)
+    mine = next(s for s in schemes if s["central_robust"] == 0.5 and s["tail_robust"] == 0.5)
+    mine = mine["stores"][Path(stores["val"]).name]
     val = np.arange(len(pool[0]), len(sets))  # the val store's sets, after the train store's
     for cov in (0.5, 0.9):
         inside, width = interval_scores(levels, q[val], mi[val], cov)
@@ -633,7 +635,8 @@ def test_ship_checkpoint_fits_offsets_per_n_range_on_pooled_stores(stores, tmp_p
         assert c["sets"] == (bins == b).sum() and abs(c["bias"] - err[bins == b].mean()) < 0.01, b
     for bad, msg in ((["--calib-upper-tail", "0.7"], "needs --calib-n-edges"),
                      (["--calib-n-edges", str(edge), "--calib-upper-tail", "0"], "must lie in (0, 1]"),
-                     (["--calib-central-robust", "2"], "must lie in [0, 1]")):
+                     (["--calib-central-robust", "2"], "must lie in [0, 1]"),
+                     (["--calib-tail-robust", "-0.5"], "--calib-tail-robust must lie in [0, 1]")):
         r = subprocess.run(ship + ["--out", str(tmp_path / "x.safetensors")] + bad,
                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
         assert r.returncode == 2 and msg in r.stderr, r.stderr
