@@ -18,7 +18,9 @@ stores with at most five distinct n; for 90% also the share of sets below and ab
 it), the mean 90% width in nats and the selection rule's distance outside the bands
 (``scripts/select_checkpoint.outside_bands``, within one standard error counts as
 inside), schemes ordered by it; and per store the MAE per family and the bias (median -
-truth) per true-MI bin. Validation stores only: test stores report the shipped
+truth) per true-MI bin. With ``--novelty-store``, two reports of the uncalibrated network per store and
+novelty bin come first: the share of sets its 90% interval misses, and truth - median per bin of the
+predicted median (where it reads low given what it reads). Validation stores only: test stores report the shipped
 checkpoint and must not choose its calibration.
 """
 from __future__ import annotations
@@ -112,6 +114,31 @@ def raw_misses_by_novelty(levels: np.ndarray, stores: dict[str, dict], bins: int
     return out
 
 
+MEDIAN_BINS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, np.inf)  # nats: bins of the predicted median
+
+
+def raw_residuals_by_novelty(levels: np.ndarray, stores: dict[str, dict], bins: int,
+                             edges=MEDIAN_BINS) -> dict[str, list[dict]]:
+    """Per store and novelty bin, per bin of the uncalibrated median (nats, `edges`): sets, and the mean and
+    median of truth - median (nats) among them: where the network reads low or high given what it reads, i.e.
+    the correction a calibration of the median keyed on the prediction would need. Cells without sets are left out."""
+    out = {}
+    for name, v in stores.items():
+        med = np.expm1(quantile_at(levels, v["grid"], 0.5))
+        res = np.expm1(v["t"]) - med
+        rows = []
+        for b in range(bins):
+            cells = {}
+            for lo, hi in zip(edges, edges[1:]):
+                sel = (v["bin"] == b) & (med > lo) & (med <= hi)
+                if sel.any():
+                    cells[f"({lo:g},{hi:g}]"] = {"sets": int(sel.sum()), "mean": float(res[sel].mean()),
+                                                 "median": float(np.median(res[sel]))}
+            rows.append(cells)
+        out[name] = rows
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
@@ -150,11 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         for v in vals.values():
             v["bin"] = novelty_bins(novelty, v["stats"])
         novelty_report = raw_misses_by_novelty(levels, {"calib (pooled)": cal, **vals}, novelty.bins)
+        residual_report = raw_residuals_by_novelty(levels, {"calib (pooled)": cal, **vals}, novelty.bins)
         print(f"novelty bins (edges {[round(e, 3) for e in novelty.edges]}): sets, and the share the uncalibrated "
               "90% interval misses, at n <= 300 / n > 300")
         for name, rows in novelty_report.items():
             print(f"  {name:14s} " + "  ".join(f"bin {b}: {r['sets']}, {r['miss_small_n']:.2f} / {r['miss_large_n']:.2f}"
                                                 for b, r in enumerate(rows)))
+        print("truth - uncalibrated median (nats; median over the sets, their count), by novelty bin and predicted median")
+        for name, rows in residual_report.items():
+            for b, cells in enumerate(rows):
+                print(f"  {name:14s} bin {b}: " + ", ".join(f"{k} {c['median']:+.2f} ({c['sets']})" for k, c in cells.items()))
     schemes = [(up, None) for up in args.upper_tail]
     schemes += [(None, tails) for tails in (args.novelty_upper_tails or []) if novelty is not None]
     results = []
@@ -205,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                                                         for b, c in s["bias_by_mi"].items()))
     if args.out:
         Path(args.out).write_text(json.dumps(results if novelty is None else
-                                             {"schemes": results, "raw_misses_by_novelty": novelty_report}, indent=1))
+                                             {"schemes": results, "raw_misses_by_novelty": novelty_report,
+                                              "raw_residuals_by_novelty": residual_report}, indent=1))
     return 0
 
 

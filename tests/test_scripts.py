@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,6 +223,25 @@ def test_model_card_lists_coverage_outside_the_bands_and_groups_below_the_floor(
         out = _limits_from_results(Path(d))
     assert "- `bench-x`: on flows (10 sets) the model (MAE 2.20 nats) does not beat predicting the training mean (2.00)." in out
     assert not any("spirals" in line for line in out)
+
+
+def test_calibration_study_residuals_by_predicted_median():
+    """raw_residuals_by_novelty: per novelty bin and bin of the predicted median, the sets and the mean and
+    median of truth - median in nats, computed here from medians and truths set by hand."""
+    from scripts.calibration_study import raw_residuals_by_novelty
+
+    levels = np.array([0.25, 0.5, 0.75])
+    med = np.array([0.5, 0.7, 1.5, 5.0, 9.0, 0.2])  # predicted medians, nats
+    mi = np.array([0.5, 1.7, 1.0, 7.0, 20.0, 0.0])
+    bins = np.array([0, 0, 0, 0, 1, 1])
+    t_med = np.log1p(med)
+    grid = np.stack([t_med - 0.1, t_med, t_med + 0.1], axis=1)
+    out = raw_residuals_by_novelty(levels, {"s": {"grid": grid, "t": np.log1p(mi), "bin": bins}}, 2)["s"]
+    assert set(out[0]) == {"(0,1]", "(1,2]", "(4,6]"} and set(out[1]) == {"(0,1]", "(8,inf]"}
+    assert out[0]["(0,1]"]["sets"] == 2
+    assert abs(out[0]["(0,1]"]["mean"] - 0.5) < 1e-9 and abs(out[0]["(0,1]"]["median"] - 0.5) < 1e-9
+    assert abs(out[0]["(1,2]"]["median"] + 0.5) < 1e-9 and abs(out[0]["(4,6]"]["median"] - 2.0) < 1e-9
+    assert abs(out[1]["(8,inf]"]["mean"] - 11.0) < 1e-9 and abs(out[1]["(0,1]"]["mean"] + 0.2) < 1e-9
 
 
 def test_model_card_describes_the_calibration_shape():

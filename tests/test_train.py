@@ -806,6 +806,8 @@ def test_ship_checkpoint_fits_offsets_per_novelty_bin(stores, tmp_path):
     mine = next(s for s in report["schemes"] if s["novelty_quantiles"] == [0.5])
     misses = report["raw_misses_by_novelty"]["calib"]  # per bin: sets, and raw 90% misses by n range
     assert [m["sets"] for m in misses] == np.bincount(bins, minlength=2).tolist()
+    residuals = report["raw_residuals_by_novelty"]["calib"]  # per bin: cells by predicted median
+    assert [sum(c["sets"] for c in cells.values()) for cells in residuals] == np.bincount(bins, minlength=2).tolist()
     assert mine["upper_tail"] == [1.0, 0.7]
     for cov in (0.5, 0.9):  # scored on its own calibration sets, one set sits on each level's edge by construction:
         inside, _ = interval_scores(levels, q, mi, cov)  # float32 outputs batched differently may flip it
