@@ -9,6 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from helpers import open_zero_paths
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.network import MIEstimator, ModelConfig
 from model.preprocess import prepare_batch
@@ -21,15 +22,7 @@ CFG = dict(dim=16, heads=2, cell_rows=16, inducing=4, knn_rows=32, head_hidden=1
 @pytest.fixture(params=[{}, dict(use_col_stats=True), dict(refine_hidden=8, refine_members=2)], ids=["plain", "col_stats", "refiner"])
 def saved(tmp_path, request):
     torch.manual_seed(0)
-    model = MIEstimator(ModelConfig(**CFG, **request.param)).eval()
-    with torch.no_grad():  # non-zero, so a lost weight or buffer would show in the outputs
-        if model.col_embed is not None:
-            model.col_embed[-1].weight.normal_(0.0, 0.5)
-        if model.refine is not None:
-            for net in model.refine.nets:
-                net[-1].weight.normal_(0.0, 0.5)
-            model.refine.shift.normal_(0.0, 1.0)
-            model.refine.scale.uniform_(0.5, 2.0)
+    model = open_zero_paths(MIEstimator(ModelConfig(**CFG, **request.param)).eval())  # a lost weight would show
     path = tmp_path / "m.safetensors"
     cal = [0.01 * i for i in range(len(model.config.quantile_levels))]
     save_checkpoint(path, model, limits=LIMITS, calibration=cal, info={"steps": 3})
