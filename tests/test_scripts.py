@@ -489,6 +489,6 @@ def test_rotation_views_rotations_are_orthogonal_and_view_one_is_the_set_itself(
     store = open_store(tmp_path / "s")
     med = [infer.predict_mi_quantiles(*(a.astype(np.float64) for a in store.get(i)), 0.5, on_out_of_range="ignore")[0]
            for i in range(len(store))]
-    assert report["views"]["1"]["mae"] == pytest.approx(float(np.abs(np.array(med) - store.mi).mean()), rel=1e-6)
+    assert report["views"]["1"]["mae"] == pytest.approx(float(np.abs(np.array(med) - store.mi).mean()), rel=1e-5)  # float32 outputs batched differently
     bad = _run("--store", str(tmp_path / "s"), "--views", "0", script="rotation_views.py")
     assert bad.returncode == 2 and "--views" in bad.stderr
