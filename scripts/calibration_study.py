@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     schemes += [(None, tails) for tails in (args.novelty_upper_tails or []) if novelty is not None]
     results = []
     for edges in args.n_edges or [[300, 1000]]:
-        for lam, rob in [(lam, rob) for lam in args.central_robust for rob in args.tail_robust]:
+        for lam, rob in itertools.product(args.central_robust, args.tail_robust):
             for up, tails in schemes:
                 try:
                     if tails is None:

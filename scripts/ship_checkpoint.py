@@ -182,10 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init-from", help="the checkpoint the run was started from, recorded as its lineage when the "
                                        "run's own metadata lacks it (runs made before train.py recorded it)")
     args = p.parse_args(argv)
-    if not 0.0 <= args.calib_central_robust <= 1.0:
-        p.error(f"--calib-central-robust must lie in [0, 1], got {args.calib_central_robust}")
-    if not 0.0 <= args.calib_tail_robust <= 1.0:
-        p.error(f"--calib-tail-robust must lie in [0, 1], got {args.calib_tail_robust}")
+    for flag, value in (("--calib-central-robust", args.calib_central_robust),
+                        ("--calib-tail-robust", args.calib_tail_robust)):
+        if not 0.0 <= value <= 1.0:
+            p.error(f"{flag} must lie in [0, 1], got {value}")
     if not all(0.0 < k <= 1.0 for k in args.calib_upper_tail):
         p.error(f"--calib-upper-tail must lie in (0, 1], got {args.calib_upper_tail}")
     if any(k != 1.0 for k in args.calib_upper_tail) and not args.calib_n_edges:
