@@ -10,7 +10,8 @@ to the better classical baseline's, and the model's 90% interval width per n wit
 each true-MI bin (a store draws MI and n independently, so the plain width per n mixes
 in how many high-MI sets each n happened to get; within a bin it does not), and MAE
 per true-MI bin with each bin's share of the model's summed absolute error, and for the
-sets above 8 nats each estimator's mean estimate per family group. Then, for every folder
+sets above 8 nats each estimator's mean estimate per family group. First of all, the table of
+where the checkpoint stands against the targets (``scripts/targets_table.py``). Then, for every folder
 ``python -m eval.paired_n`` wrote (the same tasks sampled at several n), its paired.md. Every
 number is read from those files.
 """
@@ -25,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.metrics import MI_BINS, central_interval  # noqa: E402
+from scripts.targets_table import targets_lines  # noqa: E402
 
 BASELINES = ("ksg", "gaussian")
 
@@ -160,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     root = Path(argv[0] if argv else "results")
     out: list[str] = []
+    targets = targets_lines(root)
+    if targets:
+        out += ["### Against the targets", "", f"`python scripts/targets_table.py {root}` (every number below it comes "
+                "from the tables that follow; \"met?\" is decided on unrounded values)", "", *targets, ""]
     for sub in sorted(p for p in root.iterdir() if (p / "results.json").is_file()):
         r = json.loads((sub / "results.json").read_text())
         out += [f"### {sub.name}", "", f"`{r['config'].get('command', '')}`", "", *_overall(r), ""]

@@ -30,6 +30,10 @@ LOCAL_QUERIES rows, beyond which their query rows are a fixed-seed random subset
 - ``lres_cop`` / ``lres_raw``: MI read from local linear fits of one block on the other
   (`local_residual_statistics`): smooth strong dependence through bends.
   The local groups take blocks wider than LOCAL_TOP to their first canonical variates.
+- ``radial``: the dependence between the blocks' radii |x| and |y| (`radial_statistics`: Gaussian MI of
+  their normal scores and KSG on them, for the robustly scaled raw values and for the copula scores;
+  ``radial_raw`` / ``radial_cop`` the halves): what a spiral (a rotation by an angle that grows with the
+  radius) leaves of heavy tails' shared scale (session 31).
 
 ``--set base+multik+raw`` (repeat) names the feature sets to compare. Network outputs and statistics are cached under ``--work`` per store. Prints one table of
 MAE (nats) per feature set and store, and writes them as JSON with ``--out``.
@@ -67,7 +71,8 @@ LOCAL_RIDGE = 1e-6
 GROUPS = {"multik": ("multik", slice(None)), "raw": ("raw", slice(None)),
           "raw_gc": ("raw", slice(0, 1)), "raw_ksg": ("raw", slice(1, 2)), "kcca": ("kcca", slice(None)),
           "lgmi_cop": ("lgmi_cop", slice(None)), "lgmi_raw": ("lgmi_raw", slice(None)),
-          "lres_cop": ("lres_cop", slice(None)), "lres_raw": ("lres_raw", slice(None))}
+          "lres_cop": ("lres_cop", slice(None)), "lres_raw": ("lres_raw", slice(None)),
+          "radial": ("radial", slice(None)), "radial_raw": ("radial", slice(0, 2)), "radial_cop": ("radial", slice(2, 4))}
 DEFAULT_SETS = ("base", "base+multik", "base+raw", "base+multik+raw")
 
 
@@ -228,8 +233,35 @@ def lgmi_raw(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return local_gaussian_statistics(*_robust_blocks(x, y))
 
 
+def _pair_mis(a: np.ndarray, b: np.ndarray) -> list[float]:
+    """Two MIs (nats) between 1-D samples a, b (n,): the Gaussian MI of their normal scores' correlation
+    (as log1p) and KSG (k = 3, max-norm) on those scores against at most REF_ROWS reference rows."""
+    z = normal_scores(np.stack([a, b], axis=1))
+    n = len(a)
+    ref = np.arange(n) if n <= REF_ROWS else np.sort(np.random.default_rng(0).choice(n, REF_ROWS, replace=False))
+    r = float(np.clip(np.corrcoef(z[:, 0], z[:, 1])[0, 1], -0.999999, 0.999999)) if n > 2 else 0.0
+    return [np.log1p(-0.5 * np.log1p(-r * r)), knn_statistics(z, 1, ref, 3)[1]]
+
+
+def radial_statistics(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Dependence between the blocks' radii, (4,): `_pair_mis` of (|x|, |y|) on the raw values centred on
+    each column's median and scaled by its median absolute deviation (not clipped), then on the copula scores.
+
+    Why: a spiral rotates a standardized block by an angle that grows with its radius, which keeps the
+    radius; heavy-tailed families share a scale variable, so their radii carry much of the MI. What the
+    rotation scrambles for the coordinates survives in |x| and |y|.
+    """
+    def radius(a: np.ndarray) -> np.ndarray:
+        med = np.median(a, axis=0)
+        mad = np.median(np.abs(a - med), axis=0)
+        return np.linalg.norm((a - med) / np.where(mad > 0, mad, 1.0), axis=1)
+
+    zx, zy = normal_scores(x), normal_scores(y)
+    return np.array(_pair_mis(radius(x), radius(y)) + _pair_mis(np.linalg.norm(zx, axis=1), np.linalg.norm(zy, axis=1)))
+
+
 EXTRA = {"kcca": kernel_cca_statistics, "lgmi_cop": lgmi_copula, "lgmi_raw": lgmi_raw, "lres_cop": lres_copula,
-         "lres_raw": lres_raw}
+         "lres_raw": lres_raw, "radial": radial_statistics}
 """Candidate groups computed (and cached) on their own, only when a feature set names them."""
 
 

@@ -492,3 +492,67 @@ def test_rotation_views_rotations_are_orthogonal_and_view_one_is_the_set_itself(
     assert report["views"]["1"]["mae"] == pytest.approx(float(np.abs(np.array(med) - store.mi).mean()), rel=1e-5)  # float32 outputs batched differently
     bad = _run("--store", str(tmp_path / "s"), "--views", "0", script="rotation_views.py")
     assert bad.returncode == 2 and "--views" in bad.stderr
+
+
+def _summary(mae: float, c50: float | None = None, c90: float | None = None, w90: float | None = None) -> dict:
+    out = {"mae": mae, "count": 10}
+    if c50 is not None:
+        out["coverage"], out["width"] = {"50": c50, "90": c90}, {"50": 1.0, "90": w90}
+    return out
+
+
+def _targets_dir(tmp_path, ood_ratio_at_1000: float, cov90_at_500: float, change_500_1000: float):
+    """A results folder with bench-ood (model, KSG, Gaussian per n and per family group), paired-n-ood and a
+    speed report written by eval.bench_speed's own formatters; returns targets_table's lines."""
+    sys.path.insert(0, str(ROOT))
+    from eval.bench_speed import format_report, format_rounds  # noqa: PLC0415
+    from scripts.targets_table import targets_lines  # noqa: PLC0415
+
+    ksg = {"100": 4.0, "500": 4.0, "1000": 4.0}
+    model_n = {"100": _summary(1.2, 0.5, 0.90, 7.0), "500": _summary(1.2, 0.5, cov90_at_500, 6.0),
+               "1000": _summary(4.0 * ood_ratio_at_1000, 0.5, 0.90, 5.0)}
+    est = {"model": {"overall": _summary(1.3, 0.5, 0.90, 6.0),
+                     "groups": {"n": model_n, "family_group": {"spirals": _summary(2.0), "flows": _summary(1.0)}}},
+           "ksg": {"overall": _summary(4.0), "groups": {"n": {k: _summary(v) for k, v in ksg.items()},
+                                                        "family_group": {"spirals": _summary(4.0), "flows": _summary(4.0)}}},
+           "gaussian": {"overall": _summary(3.0), "groups": {"n": {k: _summary(3.0) for k in ksg},
+                                                            "family_group": {"spirals": _summary(2.5), "flows": _summary(3.0)}}}}
+    (tmp_path / "bench-ood").mkdir()
+    (tmp_path / "bench-ood" / "results.json").write_text(json.dumps({"estimators": est}))
+    per_n = {str(n): {"model": _summary(1.2, 0.5, 0.9, 6.0), "ksg": _summary(4.0)} for n in (100, 500, 1000)}
+    changes = [{"from": a, "to": b, "coverage": c, "mean_from": 7.0, "mean_to": 6.0, "se_change": 0.1, "tasks": 3,
+                "mean_change": change_500_1000 if (a, c) == (500, 0.9) else -1.0}
+               for c in (0.5, 0.9) for a, b in ((100, 500), (500, 1000))]
+    (tmp_path / "paired-n-ood").mkdir()
+    (tmp_path / "paired-n-ood" / "paired.json").write_text(json.dumps({"summary": {"per_n": per_n, "width_change": changes}}))
+    times = {"model (single call)": 0.008, "ksg (k-d tree, k=3)": 0.048, "infonce (2000 steps, batch 256)": 9.6}
+    (tmp_path / "speed.txt").write_text(format_report(times, 1000, 5, 1) + "\n" + format_rounds([(0.008, 9.6), (0.01, 9.0)], "x") + "\n")
+    return targets_lines(tmp_path)
+
+
+def test_targets_table_decides_each_target_on_unrounded_values(tmp_path):
+    rows = {line.split(" | ")[0]: line for line in _targets_dir(tmp_path, 0.25, 0.93, -0.2)[2:]}
+    def met(prefix):
+        return next(v for k, v in rows.items() if k.startswith("| " + prefix)).rsplit(" | ", 1)[1].rstrip(" |")
+    assert met("MAE at most a third") == "yes"      # 0.3 / 0.3 / 0.25 per n, 0.325 overall, paired 0.3
+    assert met("MAE below the Gaussian") == "yes"
+    assert met("no family group") == "yes"          # spirals: 2.0 / min(4.0, 2.5) = 0.8
+    assert met("90% interval coverage") == "yes"    # 0.93 is inside 0.87-0.93
+    assert met("intervals narrower") == "yes"
+    assert met("one call within") == "yes"          # 8 ms
+    assert met("at least 5x") == "no"               # KSG 6x, but InfoNCE 1,200x in the table and 900x in round 2
+    assert "InfoNCE 1200x (alternating rounds: at least 900x)" in rows["| at least 5x faster than KSG and 1,000x faster than InfoNCE"]
+
+
+def test_targets_table_reports_what_misses(tmp_path):
+    rows = _targets_dir(tmp_path, 0.4, 0.9304, 0.05)[2:]
+    text = "\n".join(rows)
+    assert "| no: up to 0.40 |" in text                                  # model / KSG at n = 1,000
+    assert "MAE below the Gaussian" in text and "vs 3.00 (worst n: 0.53 of it) | yes |" in text  # 1.6 < 3.0 still
+    assert "no: outside at `bench-ood` n 500 0.930 |" in text            # 0.9304 rounds to 0.93 but is outside
+    assert "no: wider or flat at paired-n-ood 90% 500 -> 1000 +0.05 |" in text
+
+
+def test_targets_table_without_results_exits_2(tmp_path):
+    r = _run(str(tmp_path), script="targets_table.py")
+    assert r.returncode == 2 and "no results.json" in r.stderr
