@@ -556,3 +556,28 @@ def test_targets_table_reports_what_misses(tmp_path):
 def test_targets_table_without_results_exits_2(tmp_path):
     r = _run(str(tmp_path), script="targets_table.py")
     assert r.returncode == 2 and "no results.json" in r.stderr
+
+
+def test_screen_radial_statistics_see_a_shared_scale_through_a_spiral():
+    """screen_features' radial statistics: the same for an x/y swap, row and coordinate order; near 0 for
+    independent blocks; a shared scale (heavy tails) survives a spiral of x, which scrambles the coordinates'
+    correlation but keeps the radius, and the radial MI then stays near the unspiralled set's."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from metagen.transforms.spiral import make_spiral
+    from scripts.screen_features import radial_statistics
+
+    rng = np.random.default_rng(3)
+    n = 1000  # at most REF_ROWS: every row is a KSG reference row, so row order cannot matter
+    scale = 1.0 / np.sqrt(rng.chisquare(2, size=(n, 1)) / 2)  # a Student-t's shared scale, 2 degrees of freedom
+    x, y = scale * rng.normal(size=(n, 4)), scale * rng.normal(size=(n, 3))
+    ref = radial_statistics(x, y)
+    rows = rng.permutation(n)
+    for a, b in ((x[rows], y[rows]), (y, x), (x[:, ::-1], y[:, [2, 0, 1]])):
+        np.testing.assert_allclose(radial_statistics(a, b), ref, rtol=1e-6, atol=1e-9)
+    spun = make_spiral(4, rng, x).forward(x)
+    indep = radial_statistics(x, rng.standard_t(2, size=(n, 3)))
+    got = radial_statistics(spun, y)
+    assert np.expm1(indep).max() < 0.05, indep
+    assert np.expm1(got[[0, 1]]).min() > 0.2 and np.all(np.abs(got[:2] - ref[:2]) < 0.1), (got, ref)
