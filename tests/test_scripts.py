@@ -549,7 +549,7 @@ def test_targets_table_reports_what_misses(tmp_path):
     text = "\n".join(rows)
     assert "| no: up to 0.40 |" in text                                  # model / KSG at n = 1,000
     assert "MAE below the Gaussian" in text and "vs 3.00 (worst n: 0.53 of it) | yes |" in text  # 1.6 < 3.0 still
-    assert "no: outside at `bench-ood` n 500 0.930 |" in text            # 0.9304 rounds to 0.93 but is outside
+    assert "| overall yes; per n 1 of 6 outside (`bench-ood` n 500 0.930) |" in text  # 0.9304 rounds to 0.93
     assert "no: wider or flat at paired-n-ood 90% 500 -> 1000 +0.05 |" in text
 
 
