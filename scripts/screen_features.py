@@ -76,12 +76,17 @@ GROUPS = {"multik": ("multik", slice(None)), "raw": ("raw", slice(None)),
 DEFAULT_SETS = ("base", "base+multik", "base+raw", "base+multik+raw")
 
 
+def _reference_rows(n: int) -> np.ndarray:
+    """The KSG reference rows of an n-row set: all of them up to REF_ROWS, else a fixed-seed sorted subset."""
+    return np.arange(n) if n <= REF_ROWS else np.sort(np.random.default_rng(0).choice(n, REF_ROWS, replace=False))
+
+
 def set_features(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     """Base and candidate statistics of one set x (n, dx), y (n, dy): {group: (F,)}; MIs in nats."""
     n, dx, dy = x.shape[0], x.shape[1], y.shape[1]
     zx, zy = normal_scores(x), normal_scores(y)
     z = np.concatenate([zx, zy], axis=1)
-    ref = np.arange(n) if n <= REF_ROWS else np.sort(np.random.default_rng(0).choice(n, REF_ROWS, replace=False))
+    ref = _reference_rows(n)
     gc = float(_gaussian_pair_mis(canonical_correlations(zx, zy)).sum())
     ldx, ldy = np.log(dx), np.log(dy)
     base = [np.log(n), ldx + ldy, abs(ldx - ldy), np.log(n / (dx + dy)), np.log1p(gc),
@@ -233,18 +238,18 @@ def lgmi_raw(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return local_gaussian_statistics(*_robust_blocks(x, y))
 
 
-def _pair_mis(a: np.ndarray, b: np.ndarray) -> list[float]:
+def _radius_pair_mis(a: np.ndarray, b: np.ndarray) -> list[float]:
     """Two MIs (nats) between 1-D samples a, b (n,): the Gaussian MI of their normal scores' correlation
     (as log1p) and KSG (k = 3, max-norm) on those scores against at most REF_ROWS reference rows."""
     z = normal_scores(np.stack([a, b], axis=1))
     n = len(a)
-    ref = np.arange(n) if n <= REF_ROWS else np.sort(np.random.default_rng(0).choice(n, REF_ROWS, replace=False))
+    ref = _reference_rows(n)
     r = float(np.clip(np.corrcoef(z[:, 0], z[:, 1])[0, 1], -0.999999, 0.999999)) if n > 2 else 0.0
     return [np.log1p(-0.5 * np.log1p(-r * r)), knn_statistics(z, 1, ref, 3)[1]]
 
 
 def radial_statistics(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Dependence between the blocks' radii, (4,): `_pair_mis` of (|x|, |y|) on the raw values centred on
+    """Dependence between the blocks' radii, (4,): `_radius_pair_mis` of (|x|, |y|) on the raw values centred on
     each column's median and scaled by its median absolute deviation (not clipped), then on the copula scores.
 
     Why: a spiral rotates a standardized block by an angle that grows with its radius, which keeps the
@@ -257,7 +262,7 @@ def radial_statistics(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.linalg.norm((a - med) / np.where(mad > 0, mad, 1.0), axis=1)
 
     zx, zy = normal_scores(x), normal_scores(y)
-    return np.array(_pair_mis(radius(x), radius(y)) + _pair_mis(np.linalg.norm(zx, axis=1), np.linalg.norm(zy, axis=1)))
+    return np.array(_radius_pair_mis(radius(x), radius(y)) + _radius_pair_mis(np.linalg.norm(zx, axis=1), np.linalg.norm(zy, axis=1)))
 
 
 EXTRA = {"kcca": kernel_cca_statistics, "lgmi_cop": lgmi_copula, "lgmi_raw": lgmi_raw, "lres_cop": lres_copula,

@@ -141,7 +141,8 @@ def coverage_row(level: str, results: dict[str, dict], paired: dict[str, dict]) 
         cov = model["overall"]["coverage"][level]
         per_n = {k: s["coverage"][level] for k, s in model["groups"].get("n", {}).items() if s.get("coverage")}
         parts.append(f"`{store}` {_f(cov)} (per n {' / '.join(_f(v) for v in per_n.values())})")
-        overall_out += [f"`{store}` {_f(cov, 3)}" for v in [cov] if not lo <= v <= hi]
+        if not lo <= cov <= hi:
+            overall_out.append(f"`{store}` {_f(cov, 3)}")
         per_n_out += [f"`{store}` n {k} {_f(v, 3)}" for k, v in per_n.items() if not lo <= v <= hi]
         cells += len(per_n)
     for name in PAIRED:
