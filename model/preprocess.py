@@ -404,7 +404,22 @@ _SELECT_BLOCK = 256
 many reference rows, then among the blocks' k smallest, once a row holds more than
 2 * _SELECT_BLOCK: numpy's partition of the same number of values took several times longer in
 rows of 1,024 than in rows of 256 or 512, for int16 and for the float32 bits as int32 alike
-(session 13; scripts/bench_knn.py times the whole kNN step). Exact either way."""
+(session 13; scripts/bench_knn.py times the whole kNN step). Exact either way. Used for k
+above _LANE_MAX_K and rows too short for the lanes of _kth_smallest."""
+
+_LANES = 64
+"""_kth_smallest keeps the k smallest of each of this many column lanes per row (columns j,
+j + _LANES, j + 2 _LANES, ... form lane j mod _LANES), updated one (rows, _LANES) block at a
+time by elementwise min/max, then selects among the lanes' candidates."""
+
+_LANE_MAX_K = 4
+"""Largest k for which _kth_smallest uses the lanes (2 k - 1 elementwise ops per element)."""
+
+_LANE_MIN_BLOCKS = 6
+"""_kth_smallest uses the lanes on int16 rows of at least this many (rows, _LANES) blocks. Measured
+(scripts/bench_knn.py, session 32, 1 thread): in rows of 1,000 int16 values 0.8 vs 1.4 ms per
+524 rows, in rows of 500 1.1 vs 1.9 ms; slower than numpy's partition in rows of 256, and for
+the float32 path's int32 rows at every width measured (256 to 2,000)."""
 
 QUANT_SCALE = 4096
 """knn_quantize: normal scores are rounded to multiples of 1 / QUANT_SCALE and stored as int16."""
@@ -470,12 +485,33 @@ def _count_rows(b: np.ndarray) -> np.ndarray:
 
 
 def _kth_smallest(a: np.ndarray, k: int) -> np.ndarray:
-    """k-th smallest (1-based) of each row of a C-contiguous integer array a (c, m); reorders a in place. (c,)
+    """k-th smallest (1-based) of each row of a C-contiguous integer array a (c, m); may reorder a in place. (c,)
 
-    Rows wider than 2 * _SELECT_BLOCK are partitioned in blocks first: the k smallest of a
-    row are among its blocks' k smallest and the columns left over, so the result is exact.
+    For int16 rows of at least _LANE_MIN_BLOCKS * _LANES values and k <= _LANE_MAX_K, each
+    row's columns are dealt into _LANES lanes, and an insertion network of elementwise min/max
+    keeps every lane's k smallest (ties kept, as a multiset); the k smallest of a row are among
+    its lanes' k smallest, so one partition of those k * _LANES candidates (plus the columns
+    left over) gives the exact answer. Otherwise rows wider than 2 * _SELECT_BLOCK are partitioned in blocks first: the k smallest
+    of a row are among its blocks' k smallest and the columns left over, so the result is exact.
     """
     c, m = a.shape
+    w = _LANES
+    nb = m // w
+    if a.dtype == np.int16 and k <= _LANE_MAX_K and nb >= max(k, _LANE_MIN_BLOCKS):
+        at = torch.from_numpy(a)
+        blocks = at[:, : nb * w].view(c, nb, w)  # (c, nb, w): block j holds columns j w .. j w + w - 1
+        # s[i] (c, w): the i-th smallest so far of each lane, s[0] <= s[1] <= ...; the first k
+        # blocks fill them, so no placeholder value survives
+        s = [blocks[:, 0].clone()] + [torch.full((c, w), torch.iinfo(at.dtype).max, dtype=at.dtype) for _ in range(k - 1)]
+        tmp = torch.empty((c, w), dtype=at.dtype)
+        for j in range(1, nb):
+            v = blocks[:, j]
+            for i in range(k - 1, 0, -1):  # insert v: s[i] <- min(s[i], max(s[i - 1], v)), old s[i - 1]
+                torch.maximum(s[i - 1], v, out=tmp)
+                torch.minimum(s[i], tmp, out=s[i])
+            torch.minimum(s[0], v, out=s[0])
+        a = np.concatenate([t.numpy() for t in s] + [a[:, nb * w :]], axis=1)  # (c, k w + m mod w)
+        m = a.shape[1]
     b = _SELECT_BLOCK
     if m <= 2 * b or k > b:
         a.partition(k - 1, axis=1)

@@ -181,7 +181,7 @@ def test_knn_statistics_match_brute_force_ksg():
     assert mean == pytest.approx(expected.mean(), abs=1e-5)
 
 
-@pytest.mark.parametrize("width", [1, 7, 512, 513, 1000, 1024, 1500])
+@pytest.mark.parametrize("width", [1, 7, 63, 64, 191, 192, 200, 512, 513, 1000, 1024, 1500])
 @pytest.mark.parametrize("dtype", [np.int16, np.int32])
 def test_kth_smallest_matches_a_full_sort(width, dtype):
     rng = np.random.default_rng(width)
@@ -200,7 +200,7 @@ def _correlated_scores(n: int, seed: int) -> np.ndarray:
     return np.column_stack([normal_scores(x), normal_scores(y)])
 
 
-@pytest.mark.parametrize("n, refs", [(150, 150), (700, 600)])  # 600 > 2 * 256: blocked selection
+@pytest.mark.parametrize("n, refs", [(150, 150), (700, 600)])  # 600 int16 columns: the lanes of _kth_smallest
 def test_quantized_knn_statistics_match_brute_force_on_the_rounded_scores(n, refs):
     z = _correlated_scores(n, 8)
     ref = np.arange(refs)
@@ -376,3 +376,18 @@ def test_canonical_correlations_fast_path_equals_svd_path(case):
         z = _normal_scores_t(np.ascontiguousarray(np.concatenate([x, np.tanh(y)], axis=1).T)).T
         x, y = z[:, :dx], z[:, dx:]
     np.testing.assert_allclose(canonical_correlations(x, y), _cca_by_svd(x, y), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32])
+def test_kth_smallest_with_the_largest_value_in_the_data(dtype):
+    """The lanes start from the dtype's largest value as a placeholder; data holding that value
+    (the int16 path's "far" self entries) must still count as itself."""
+    rng = np.random.default_rng(3)
+    top = np.iinfo(dtype).max
+    a = rng.integers(0, 20, size=(50, 700)).astype(dtype)  # int16: wide enough for the lanes
+    a[rng.random(a.shape) < 0.5] = top
+    a[0] = top  # a row of nothing but the largest value
+    a[1, :-2] = top  # two small values, both in the columns the lanes leave over
+    for k in (1, 2, 3, 4):
+        want = np.sort(a, axis=1)[:, k - 1]
+        np.testing.assert_array_equal(_kth_smallest(a.copy(), k), want)
