@@ -581,3 +581,50 @@ def test_screen_radial_statistics_see_a_shared_scale_through_a_spiral():
     got = radial_statistics(spun, y)
     assert np.expm1(indep).max() < 0.05, indep
     assert np.expm1(got[[0, 1]]).min() > 0.2 and np.all(np.abs(got[:2] - ref[:2]) < 0.1), (got, ref)
+
+
+def test_uncertainty_signals_auc_counts_pairs():
+    """uncertainty_signals.auc: the share of (positive, negative) pairs where the positive scores higher,
+    ties half, counted here pair by pair; NaN without both kinds."""
+    from scripts.uncertainty_signals import auc
+
+    rng = np.random.default_rng(4)
+    score = rng.integers(0, 6, size=40).astype(float)  # many ties
+    pos = rng.random(40) < 0.4
+    pairs = [(a > b) + 0.5 * (a == b) for a in score[pos] for b in score[~pos]]
+    assert auc(score, pos) == pytest.approx(np.mean(pairs), abs=1e-12)
+    assert auc(score, ~pos) == pytest.approx(1.0 - np.mean(pairs), abs=1e-12)
+    assert np.isnan(auc(score, np.zeros(40, bool)))
+
+
+def test_uncertainty_signals_scaled_calibration():
+    """uncertainty_signals.fit_scaled / apply_scaled: a constant scale gives the additive (shipped) offsets'
+    grids; with the raw width as the scale, each (novelty bin, n range) cell stretches its sets' intervals by
+    one factor (the additive offsets add one width), and the fitting sets are still covered."""
+    from model.novelty import apply_calibration_by_novelty, fit_calibration_by_novelty
+    from scripts.uncertainty_signals import apply_scaled, fit_scaled, raw_width
+
+    rng = np.random.default_rng(5)
+    levels = np.array([0.05, 0.25, 0.5, 0.75, 0.95])
+    N = 600
+    n = rng.choice([100, 1000], size=N)
+    spread = rng.uniform(0.2, 1.5, size=N)  # the network's own uncertainty, right up to a factor
+    center = rng.uniform(5.0, 8.0, size=N)  # log1p(MI), far enough above 0 that no end is clipped
+    grid = center[:, None] + 0.6 * spread[:, None] * np.array([-1.64, -0.67, 0.0, 0.67, 1.64])
+    t = np.abs(center + spread * rng.normal(size=N))
+    bins = (rng.random(N) < 0.5).astype(int)
+    kw = dict(n_edges=[300], upper_tails=[1.0, 1.0])
+    add = fit_calibration_by_novelty(grid, t, levels, n, [300], bins, 2, [1.0, 1.0])
+    for c in (1.0, 3.0):
+        off = fit_scaled(grid, t, levels, n, np.full(N, c), bins, 2, **kw)
+        np.testing.assert_allclose(apply_scaled(grid, off, np.full(N, c), bins, n, [300]),
+                                   apply_calibration_by_novelty(grid, add, bins, n, [300]), atol=1e-12)
+    scale = raw_width(levels, grid)
+    cal = apply_scaled(grid, fit_scaled(grid, t, levels, n, scale, bins, 2, **kw), scale, bins, n, [300])
+    ratio = (cal[:, 4] - cal[:, 0]) / scale
+    unclipped = cal[:, 0] > 0
+    for b in (0, 1):
+        for cell in (n < 300, n > 300):
+            r = ratio[unclipped & cell & (bins == b)]
+            assert r.size > 50 and np.ptp(r) < 1e-9 and r[0] > 0
+    assert np.mean((t >= cal[:, 0]) & (t <= cal[:, 4])) >= 0.9 - 1e-9
