@@ -628,3 +628,10 @@ def test_uncertainty_signals_scaled_calibration():
             r = ratio[unclipped & cell & (bins == b)]
             assert r.size > 50 and np.ptp(r) < 1e-9 and r[0] > 0
     assert np.mean((t >= cal[:, 0]) & (t <= cal[:, 4])) >= 0.9 - 1e-9
+
+
+def test_bench_infer_rejects_a_missing_checkpoint(tmp_path):
+    """bench_infer.py: a --checkpoint that is not a file is an argument error (exit 2) naming it, not a
+    traceback from a worker process."""
+    r = _run("--checkpoint", str(tmp_path / "nope.safetensors"), script="bench_infer.py")
+    assert r.returncode == 2 and "nope.safetensors: no such file" in r.stderr
