@@ -416,10 +416,10 @@ _LANE_MAX_K = 4
 """Largest k for which _kth_smallest uses the lanes (2 k - 1 elementwise ops per element)."""
 
 _LANE_MIN_BLOCKS = 6
-"""_kth_smallest uses the lanes on int16 rows of at least this many (rows, _LANES) blocks. Measured
-(scripts/bench_knn.py, session 32, 1 thread): in rows of 1,000 int16 values 0.8 vs 1.4 ms per
-524 rows, in rows of 500 1.1 vs 1.9 ms; slower than numpy's partition in rows of 256, and for
-the float32 path's int32 rows at every width measured (256 to 2,000)."""
+"""_kth_smallest uses the lanes on int16 rows of at least this many (rows, _LANES) blocks. In session
+32's timings (one thread) they beat numpy's partition on int16 rows of 500 and more, lost to it on
+rows of 256, and lost on the float32 path's int32 rows at every width tried (256 to 2,000); the
+whole-call effect is measured by `scripts/bench_infer.py --baseline REV` (README, Performance)."""
 
 QUANT_SCALE = 4096
 """knn_quantize: normal scores are rounded to multiples of 1 / QUANT_SCALE and stored as int16."""
