@@ -491,8 +491,9 @@ def _kth_smallest(a: np.ndarray, k: int) -> np.ndarray:
     row's columns are dealt into _LANES lanes, and an insertion network of elementwise min/max
     keeps every lane's k smallest (ties kept, as a multiset); the k smallest of a row are among
     its lanes' k smallest, so one partition of those k * _LANES candidates (plus the columns
-    left over) gives the exact answer. Otherwise rows wider than 2 * _SELECT_BLOCK are partitioned in blocks first: the k smallest
-    of a row are among its blocks' k smallest and the columns left over, so the result is exact.
+    left over) gives the exact answer. Otherwise rows wider than 2 * _SELECT_BLOCK are
+    partitioned in blocks first: the k smallest of a row are among its blocks' k smallest and
+    the columns left over, so the result is exact.
     """
     c, m = a.shape
     w = _LANES
