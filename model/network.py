@@ -188,11 +188,15 @@ class Refiner(nn.Module):
             for _ in range(members))
         _zero_residual_outputs(net[-1] for net in self.nets)
 
-    def forward(self, raw: Tensor, stats: Tensor) -> Tensor:
-        """raw (B, Q) head outputs, stats (B, S) -> raw + mean correction (B, Q)."""
+    def corrections(self, raw: Tensor, stats: Tensor) -> Tensor:
+        """raw (B, Q) head outputs, stats (B, S) -> each member's correction (M, B, Q)."""
         own = torch.cumsum(F.softplus(raw), dim=-1)  # (B, Q) the head's quantiles of log1p(MI)
         z = (torch.cat([own, stats], dim=-1) - self.shift) / self.scale  # (B, Q + S)
-        return raw + torch.stack([net(z) for net in self.nets]).mean(0)
+        return torch.stack([net(z) for net in self.nets])
+
+    def forward(self, raw: Tensor, stats: Tensor) -> Tensor:
+        """raw (B, Q) head outputs, stats (B, S) -> raw + mean correction (B, Q)."""
+        return raw + self.corrections(raw, stats).mean(0)
 
 
 class MIEstimator(nn.Module):

@@ -55,17 +55,15 @@ def auc(score: np.ndarray, positive: np.ndarray) -> float:
 
 
 def member_medians(model, batch) -> torch.Tensor:
-    """``infer._forward_grid`` outputs: each refiner member's median of log1p(MI) (B, M), as `Refiner.forward`
-    computes the members' corrections (the shipped output adds their mean)."""
-    r = model.refine
-    if r is None:
+    """``infer._forward_grid`` outputs: each refiner member's median of log1p(MI) (B, M), from
+    `Refiner.corrections` (the shipped output adds their mean)."""
+    if model.refine is None:
         raise ValueError("the checkpoint has no refiner: no members to compare")
     head_in = model.head_input(batch)
-    raw = model.head(head_in)
-    own = torch.cumsum(F.softplus(raw), dim=-1)  # (B, Q)
-    z = (torch.cat([own, model.refiner_context(head_in, model.config.refine_inputs)], dim=-1) - r.shift) / r.scale
+    raw = model.head(head_in)  # (B, Q)
+    corr = model.refine.corrections(raw, model.refiner_context(head_in, model.config.refine_inputs))  # (M, B, Q)
     mid = int(np.argmin(np.abs(np.asarray(model.config.quantile_levels) - 0.5)))
-    return torch.stack([torch.cumsum(F.softplus(raw + net(z)), dim=-1)[:, mid] for net in r.nets], dim=1)
+    return torch.cumsum(F.softplus(raw + corr), dim=-1)[..., mid].T  # (B, M)
 
 
 def raw_width(levels: np.ndarray, grid: np.ndarray) -> np.ndarray:

@@ -635,3 +635,27 @@ def test_bench_infer_rejects_a_missing_checkpoint(tmp_path):
     traceback from a worker process."""
     r = _run("--checkpoint", str(tmp_path / "nope.safetensors"), script="bench_infer.py")
     assert r.returncode == 2 and "nope.safetensors: no such file" in r.stderr
+
+
+def test_uncertainty_signals_member_medians():
+    """member_medians: one median per refiner member (B, M); members made identical all give the model's own
+    median (the model adds their mean correction), and distinct members disagree."""
+    import torch
+    from helpers import open_zero_paths
+
+    from model.network import MIEstimator, ModelConfig, add_refiner
+    from model.preprocess import prepare_batch
+    from scripts.uncertainty_signals import member_medians
+
+    torch.manual_seed(0)
+    model = open_zero_paths(add_refiner(MIEstimator(ModelConfig(cell_layers=0, dim=16)), hidden=8, members=3)).eval()
+    rng = np.random.default_rng(1)
+    batch = prepare_batch([(rng.normal(size=(60, 2)), rng.normal(size=(60, 3))) for _ in range(4)], model.config)
+    mid = model.config.quantile_levels.index(0.5)
+    with torch.no_grad():
+        meds = member_medians(model, batch)
+        assert meds.shape == (4, 3) and torch.all(meds.std(dim=1) > 1e-4)
+        for net in model.refine.nets[1:]:
+            net.load_state_dict(model.refine.nets[0].state_dict())
+        same = member_medians(model, batch)
+        torch.testing.assert_close(same, model(batch)[:, mid, None].expand(-1, 3), rtol=0, atol=1e-6)
