@@ -188,12 +188,13 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        ckpt = None if args.checkpoint is None else str(Path(args.checkpoint).resolve())  # workers run in tmp
-        if args.checkpoint is not None and not Path(ckpt).is_file():
-            p.error(f"--checkpoint {args.checkpoint}: no such file")
-        if ckpt is None:
+        if args.checkpoint is None:
             ckpt = str(tmp / "bench.safetensors")
             _make_checkpoint(Path(ckpt))
+        else:
+            ckpt = str(Path(args.checkpoint).resolve())  # the workers run in tmp
+            if not Path(ckpt).is_file():
+                p.error(f"--checkpoint {args.checkpoint}: no such file")
         trees = {"this": ROOT}
         if args.baseline:
             trees = {"base": _baseline_tree(args.baseline, tmp), "this": ROOT}
