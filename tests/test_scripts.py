@@ -659,3 +659,70 @@ def test_uncertainty_signals_member_medians():
             net.load_state_dict(model.refine.nets[0].state_dict())
         same = member_medians(model, batch)
         torch.testing.assert_close(same, model(batch)[:, mid, None].expand(-1, 3), rtol=0, atol=1e-6)
+
+
+def test_paired_novelty_width_changes_group_by_bins():
+    """paired_novelty.width_changes: tasks grouped by (bin at the first n, bin at the second), each group's mean
+    raw and calibrated width change, computed here task by task; empty groups left out. per_n_summary counts
+    the novel share and the coverage set by set."""
+    from scripts.paired_novelty import per_n_summary, width_changes
+
+    rng = np.random.default_rng(6)
+    def pred(bins):
+        lo, raw_lo = rng.uniform(0, 1, 30), rng.uniform(0, 1, 30)
+        return {"bin": bins, "lo": lo, "hi": lo + rng.uniform(0.5, 3, 30),
+                "raw_lo": raw_lo, "raw_hi": raw_lo + rng.uniform(0.5, 3, 30)}
+    a = pred(rng.integers(0, 2, 30))
+    b = pred(np.where(a["bin"] == 1, 1, rng.integers(0, 2, 30)))  # never 1 -> 0
+    groups = width_changes(a, b, 2)
+    assert [g["bins"] for g in groups] == [[0, 0], [0, 1], [1, 1]]
+    for g in groups:
+        idx = [i for i in range(30) if (a["bin"][i], b["bin"][i]) == tuple(g["bins"])]
+        assert g["tasks"] == len(idx)
+        assert g["change"] == pytest.approx(np.mean([(b["hi"][i] - b["lo"][i]) - (a["hi"][i] - a["lo"][i]) for i in idx]))
+        assert g["raw_change"] == pytest.approx(
+            np.mean([(b["raw_hi"][i] - b["raw_lo"][i]) - (a["raw_hi"][i] - a["raw_lo"][i]) for i in idx]))
+    mi = rng.uniform(0, 3, 30)
+    s = per_n_summary(a, mi)
+    assert s["novel_share"] == pytest.approx(sum(a["bin"] >= 1) / 30)
+    assert s["cov90"] == pytest.approx(sum(a["lo"][i] <= mi[i] <= a["hi"][i] for i in range(30)) / 30)
+
+
+def test_paired_novelty_runs_and_rejects_bad_arguments(tmp_path):
+    """paired_novelty.py end to end on the shipped checkpoint (4 tasks): per config and n the same sets as
+    the model's own batch prediction; a checkpoint without a novelty reference, a --tasks without a seed and a
+    missing config are argument errors (exit 2)."""
+    import torch
+
+    from infer import predict_mi_quantiles_batch
+    from eval.paired_n import draw_paired_tasks, sets_at
+    from metagen.config import load_config
+    from model.checkpoint import save_checkpoint
+    from model.network import MIEstimator, ModelConfig
+
+    cfg = "configs/metagen/test_id.toml"
+    out = tmp_path / "r.json"
+    r = _run("--checkpoint", "data/default.safetensors", "--tasks", f"{cfg},7", "--tasks", f"{cfg},8",
+             "--num-tasks", "4", "--n", "40,80", "--out", str(out), script="paired_novelty.py")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(out.read_text())
+    tasks, _ = draw_paired_tasks(load_config(ROOT / cfg), 7, 4, 40)
+    mi = np.array([t.mi for t in tasks])
+    for n in (40, 80):
+        src = sets_at(tasks, n)
+        q = predict_mi_quantiles_batch([src.get(i) for i in range(4)], (0.05, 0.95))
+        row = rep["configs"]["test_id,7"]["per_n"][str(n)]
+        assert row["sets"] == 4
+        assert row["width90"] == pytest.approx(np.mean(q[:, 1] - q[:, 0]), rel=1e-9)
+        assert row["cov90"] == pytest.approx(np.mean((mi >= q[:, 0]) & (mi <= q[:, 1])))
+    assert sum(g["tasks"] for g in rep["configs"]["test_id,7"]["width_change_by_bins"]["40->80"]) == 4
+    assert set(rep["auc_vs_first"]["test_id,8 vs test_id,7"]) == {"40", "80"}
+
+    torch.manual_seed(0)
+    plain = tmp_path / "plain.safetensors"
+    save_checkpoint(plain, MIEstimator(ModelConfig(cell_layers=0, dim=16)),
+                    limits={"n_min": 10, "n_max": 2000, "dx_max": 50, "dy_max": 50, "mi_max": 35.0})
+    for args, msg in (((str(plain), f"{cfg},7"), "novelty"), (("data/default.safetensors", cfg), "CONFIG,SEED"),
+                      (("data/default.safetensors", "nope.toml,3"), "nope.toml")):
+        r = _run("--checkpoint", args[0], "--tasks", args[1], "--num-tasks", "2", script="paired_novelty.py")
+        assert r.returncode == 2 and msg in r.stderr, r.stderr
