@@ -187,16 +187,23 @@ def shrink_row(results: dict[str, dict], paired: dict[str, dict]) -> list[str]:
 
 def parse_speed(text: str) -> dict[str, float]:
     """From `eval.bench_speed`'s report: model single-call ms ("model_ms"), KSG's and InfoNCE's times as
-    multiples of it ("ksg_x", "infonce_x"), and the least InfoNCE multiple over the alternating rounds
-    ("infonce_min_x", when they were run); missing keys are left out."""
+    multiples of it ("ksg_x", "infonce_x"), and from its alternating rounds (when they were run) the least
+    InfoNCE multiple ("infonce_min_x") and the median KSG multiple ("ksg_median_x"); missing keys are left out."""
     out = {}
     num = r"(\d+(?:\.\d*)?(?:e[+-]?\d+)?)"  # format_report writes ratios with %.3g: 343, 4.57, 1.1e+03
     patterns = {"model_ms": rf"^model \(single call\)\s+{num}", "ksg_x": rf"^ksg .*?\s{num}\s+{num}\s*$",
-                "infonce_x": rf"^infonce .*?\s{num}\s+{num}\s*$", "infonce_min_x": rf"^\s*minimum ratio\s+{num}"}
+                "infonce_x": rf"^infonce .*?\s{num}\s+{num}\s*$"}
     for key, pat in patterns.items():
         m = re.search(pat, text, flags=re.M)
         if m:
             out[key] = float(m.group(m.lastindex))
+    # one block of rounds per baseline, each headed "alternating rounds, model single call vs <baseline> ..."
+    for block in re.split(r"^(?=alternating rounds)", text, flags=re.M)[1:]:
+        baseline = block.split(" vs ", 1)[1][:3] if " vs " in block else ""
+        key, stat = {"inf": ("infonce_min_x", "minimum"), "ksg": ("ksg_median_x", "median")}.get(baseline, (None, None))
+        m = re.search(rf"^\s*{stat} ratio\s+{num}", block, flags=re.M) if key else None
+        if m:
+            out[key] = float(m.group(1))
     return out
 
 
@@ -206,11 +213,14 @@ def speed_rows(speed: dict[str, float]) -> list[str]:
         rows.append(f"| one call within {LATENCY_MS:.0f} ms (n = 1,000, 5 + 5 dims, 1 thread) | "
                     f"{_f(speed['model_ms'])} ms | {_met(speed['model_ms'] <= LATENCY_MS)} |")
     if "ksg_x" in speed and "infonce_x" in speed:
+        # both ways of measuring must reach a target: the table's medians and the alternating rounds
+        ksg = min(speed["ksg_x"], speed.get("ksg_median_x", speed["ksg_x"]))
         infonce = min(speed["infonce_x"], speed.get("infonce_min_x", speed["infonce_x"]))
+        ksg_rounds = f" (alternating rounds: median {speed['ksg_median_x']:.1f}x)" if "ksg_median_x" in speed else ""
         rounds = f" (alternating rounds: at least {speed['infonce_min_x']:.0f}x)" if "infonce_min_x" in speed else ""
-        ok = speed["ksg_x"] >= KSG_SPEEDUP and infonce >= INFONCE_SPEEDUP
+        ok = ksg >= KSG_SPEEDUP and infonce >= INFONCE_SPEEDUP
         rows.append(f"| at least {KSG_SPEEDUP:.0f}x faster than KSG and {INFONCE_SPEEDUP:,.0f}x faster than InfoNCE | "
-                    f"KSG {speed['ksg_x']:.1f}x, InfoNCE {speed['infonce_x']:.0f}x{rounds} | {_met(ok)} |")
+                    f"KSG {speed['ksg_x']:.1f}x{ksg_rounds}, InfoNCE {speed['infonce_x']:.0f}x{rounds} | {_met(ok)} |")
     return rows
 
 

@@ -346,9 +346,16 @@ def test_alternating_ratios_compare_under_the_same_conditions():
     assert len(rounds) == 3 and calls == {"fast": 1 + 12, "slow": 1 + 3}  # one warm-up each
     assert all(3 < o / m < 40 for m, o in rounds)  # ~15x; generous bounds for a busy machine
     text = format_rounds(rounds, "slow thing")
-    assert text.count("round ") == 3 and "minimum ratio" in text and "slow thing" in text
+    assert text.count("round ") == 3 and "slow thing" in text
+    ratios = sorted(o / m for m, o in rounds)
+    assert f"median ratio {ratios[1]:.3g}" in text and f"minimum ratio {ratios[0]:.3g}" in text
+    calls.update(fast=0, slow=0)
+    alternating_ratios(fast, slow, rounds=2, repeats=3, slow_repeats=2)
+    assert calls == {"fast": 1 + 6, "slow": 1 + 4}
     with pytest.raises(ValueError, match=">= 1"):
         alternating_ratios(fast, slow, rounds=0, repeats=1)
+    with pytest.raises(ValueError, match=">= 1"):
+        alternating_ratios(fast, slow, rounds=1, repeats=1, slow_repeats=0)
 
 
 def test_train_mean_estimator_predicts_the_store_mean(tmp_path):
