@@ -223,8 +223,26 @@ def fit_calibration_by_n(pred_grid: np.ndarray, target_t: np.ndarray, levels, n,
     return np.stack(rows)
 
 
+def monotone_from_middle(q: np.ndarray) -> np.ndarray:
+    """Quantile grids (..., Q) made non-decreasing outward from the middle level (index (Q - 1) // 2, the
+    median of the default, symmetric grid): below it each value is capped by the ones above it (a running
+    min toward the low end), above it each is raised to the ones below it (a running max toward the high end).
+
+    Grids that are already non-decreasing come back unchanged. Where per-level offsets cross (a low level's
+    offset above a higher level's, e.g. a 1% level fitted on a few sets), a running max over the whole grid
+    would drag the middle and lower quantiles of a narrow set up to the crossing value; this repair only
+    moves the crossing values themselves, and only outward, so no central interval gets narrower than the
+    levels that bound it.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    mid = (q.shape[-1] - 1) // 2
+    lo = np.minimum.accumulate(q[..., : mid + 1][..., ::-1], axis=-1)[..., ::-1]
+    hi = np.maximum.accumulate(q[..., mid:], axis=-1)
+    return np.concatenate([lo, hi[..., 1:]], axis=-1)
+
+
 def apply_calibration(pred_grid, offsets, n=None, n_edges=()):
-    """Add per-level offsets to pred_grid (..., Q), restore monotonicity (running max), clip >= 0.
+    """Add per-level offsets to pred_grid (..., Q), restore monotonicity (`monotone_from_middle`), clip >= 0.
 
     offsets (Q,): the same for every set. offsets (R, Q) with R = len(n_edges) + 1
     (`fit_calibration_by_n`): pred_grid must be (B, Q) and n (B,) the sets' sample sizes;
@@ -244,5 +262,5 @@ def apply_calibration(pred_grid, offsets, n=None, n_edges=()):
         off = off[n_range_index(n, edges)]  # (B, Q)
     elif off.shape != (q,):
         raise ValueError(f"offsets must have shape ({q},), got {off.shape}")
-    out = np.maximum(np.maximum.accumulate(pg + off, axis=-1), 0.0)
+    out = np.maximum(monotone_from_middle(pg + off), 0.0)
     return _back(out, like)

@@ -50,6 +50,7 @@ from model.preprocess import (
 )
 from model.quantiles import (
     apply_calibration,
+    monotone_from_middle,
     fit_calibration,
     fit_calibration_by_n,
     n_range_labels,
@@ -676,7 +677,40 @@ def test_calibration_reaches_nominal_coverage():
     cal = apply_calibration(pred, offsets)
     assert np.all(np.diff(cal, axis=1) >= 0) and (cal >= 0).all()
     cov_cal = np.mean(target[:, None] <= cal, axis=0)
-    assert np.all(cov_cal >= levels - 1.0 / n - 1e-12)  # the running max only raises quantiles
+    # the repair only moves quantiles outward: lower ones down, upper ones up, so every central interval
+    # still covers at least its nominal share
+    lower = levels < 0.5
+    assert np.all(cov_cal[lower] <= levels[lower] + 1.0 / n + 1e-12)
+    assert np.all(cov_cal[~lower] >= levels[~lower] - 1.0 / n - 1e-12)
+
+
+def test_calibration_repairs_crossing_offsets_outward_from_the_median():
+    """A low level's offset above higher levels' (a 1% level fitted on a few sets) must not drag a narrow set's
+    5% ... median up to it, as a running max over the grid did: the crossing value is capped by the levels above
+    it, every other value is the set's own quantile plus its level's offset; likewise at the top. Grids that
+    stay ordered are returned as they are."""
+    levels = np.array(ModelConfig().quantile_levels)
+    q = levels.size
+    mid = int(np.flatnonzero(levels == 0.5)[0])
+    assert mid == (q - 1) // 2
+    offsets = np.zeros(q)
+    offsets[0], offsets[-1] = 0.3, -0.3  # 1% raised, 99% lowered, by more than a narrow set's tail spacing
+    narrow = 1.0 + 0.05 * ndtri(levels)[None, :]  # (1, Q) spacing ~0.03 near the ends
+    wide = 1.0 + 1.0 * ndtri(levels)[None, :]  # (1, Q) spacing ~0.7 near the ends: no crossing
+    cal = apply_calibration(np.concatenate([narrow, wide]), offsets)
+    expected = narrow[0] + offsets
+    expected[0] = narrow[0, 1]  # capped by the 2.5% level
+    expected[-1] = narrow[0, -2]  # raised to the 97.5% level
+    np.testing.assert_allclose(cal[0], expected, atol=1e-12)
+    np.testing.assert_allclose(cal[1], np.maximum(wide[0] + offsets, 0.0), atol=1e-12)
+    np.testing.assert_allclose(cal[0, 1:-1], narrow[0, 1:-1])  # 2.5% ... 97.5%: untouched, median included
+    for grid in (np.sort(np.random.default_rng(3).normal(size=(5, q)), axis=1), -np.ones((2, q))):
+        np.testing.assert_array_equal(monotone_from_middle(grid), grid)
+    shuffled = np.random.default_rng(4).normal(size=(6, q))
+    fixed = monotone_from_middle(shuffled)
+    assert np.all(np.diff(fixed, axis=1) >= 0)
+    assert np.all(fixed[:, :mid] <= shuffled[:, :mid]) and np.all(fixed[:, mid + 1:] >= shuffled[:, mid + 1:])
+    np.testing.assert_array_equal(fixed[:, mid], shuffled[:, mid])
 
 
 def _grouped_predictor(seed: int, n: int = 900):
