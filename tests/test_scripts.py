@@ -749,3 +749,32 @@ def test_paired_novelty_runs_and_rejects_bad_arguments(tmp_path):
                       (("data/default.safetensors", "nope.toml,3"), "nope.toml")):
         r = _run("--checkpoint", args[0], "--tasks", args[1], "--num-tasks", "2", script="paired_novelty.py")
         assert r.returncode == 2 and msg in r.stderr, r.stderr
+
+
+def test_model_card_gaussian_examples_name_each_miss(monkeypatch):
+    """write_model_card._gaussian_examples: one table row per example, and a known-limit bullet exactly for the
+    examples whose exact MI lies outside the 90% interval (here a fake estimator answering 0.5 to 3 nats)."""
+    import types
+
+    import infer
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from write_model_card import GAUSSIAN_EXAMPLES, _gaussian_examples  # noqa: PLC0415
+
+    class Fake:
+        def __init__(self, *a, **k):
+            pass
+
+        def estimate_with_info(self, x, y):
+            return types.SimpleNamespace(additional_information={"quantiles": {0.05: 0.5, 0.5: 1.0, 0.95: 3.0},
+                                                                 "novelty_percentile": 50.0})
+
+    monkeypatch.setattr(infer, "AmortizedMIEstimator", Fake)
+    rows, misses = _gaussian_examples("unused")
+    assert len(rows) == 2 + len(GAUSSIAN_EXAMPLES)
+    exact = [-0.5 * d * np.log(1 - rho**2) for _, d, rho in GAUSSIAN_EXAMPLES]
+    expected = [(n, d, rho, e) for (n, d, rho), e in zip(GAUSSIAN_EXAMPLES, exact) if not 0.5 - 1e-3 <= e <= 3.0]
+    assert len(misses) == len(expected) > 0
+    for (n, d, rho, e), line in zip(expected, misses):
+        assert f"n = {n}, dx = dy = {d}, rho = {rho}: the exact MI {max(0.0, e):.2f}" in line
+        assert ("above" if e > 3.0 else "below") in line
