@@ -78,39 +78,41 @@ def _results_table(results_dir: Path) -> list[str]:
     return lines
 
 
-GAUSSIAN_EXAMPLES = [(500, 1, 0.0), (500, 1, 0.45), (500, 1, 0.9), (500, 1, 0.999), (1000, 1, 0.9), (100, 2, 0.6),
-                     (1000, 5, 0.45), (1000, 5, 0.9), (200, 20, 0.5), (1000, 10, 0.99)]
-"""(n, dx = dy, rho) of the model card's simple Gaussian examples."""
+GAUSSIAN_EXAMPLES = [(500, 1, 1, 0.0), (500, 1, 1, 0.45), (500, 1, 1, 0.9), (500, 1, 1, 0.999), (1000, 1, 1, 0.9),
+                     (100, 2, 2, 0.6), (1000, 5, 5, 0.45), (1000, 5, 5, 0.9), (200, 20, 20, 0.5), (1000, 10, 10, 0.99),
+                     (1000, 20, 1, 0.9)]
+"""(n, dx, dy, rho) of the model card's simple Gaussian examples (dy <= dx)."""
 
 
 def _gaussian_examples(checkpoint: str) -> tuple[list[str], list[str]]:
-    """Predictions on correlated Gaussian pairs with exact MI (d independent pairs of correlation rho:
-    MI = -d/2 log(1 - rho^2) nats), fixed seed: what a user sees on the simplest data. Returns the table's
-    rows and a known-limit bullet for each example whose 90% interval misses the exact MI."""
+    """Predictions on correlated Gaussian pairs with exact MI, fixed seed: what a user sees on the simplest data.
+    x is (n, dx) standard normal and y = rho x[:, :dy] + sqrt(1 - rho^2) noise, so dy independent pairs of
+    correlation rho carry MI = -dy/2 log(1 - rho^2) nats and the other dx - dy columns of x are irrelevant.
+    Returns the table's rows and a known-limit bullet for each example whose 90% interval misses the exact MI."""
     import warnings
 
     import numpy as np
 
     import infer
 
-    rows = ["| n | dx = dy | rho | exact MI | 5% | median | 95% | novelty percentile |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| n | dx | dy | rho | exact MI | 5% | median | 95% | novelty percentile |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rng = np.random.default_rng(0)
     est = infer.AmortizedMIEstimator(checkpoint, quantiles=(0.05, 0.5, 0.95), on_out_of_range="ignore")
     misses = []
-    for n, d, rho in GAUSSIAN_EXAMPLES:
-        x = rng.normal(size=(n, d))
-        y = rho * x + np.sqrt(1 - rho**2) * rng.normal(size=(n, d))
+    for n, dx, d, rho in GAUSSIAN_EXAMPLES:
+        x = rng.normal(size=(n, dx))
+        y = rho * x[:, :d] + np.sqrt(1 - rho**2) * rng.normal(size=(n, d))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             info = est.estimate_with_info(x, y).additional_information
         lo, med, hi = (info["quantiles"][lv] for lv in (0.05, 0.5, 0.95))
         pct = info["novelty_percentile"]
         exact = max(0.0, -0.5 * d * np.log(1 - rho**2))
-        rows.append(f"| {n} | {d} | {rho} | {exact:.3f} | {lo:.3f} | {med:.3f} | "
+        rows.append(f"| {n} | {dx} | {d} | {rho} | {exact:.3f} | {lo:.3f} | {med:.3f} | "
                     f"{hi:.3f} | {'-' if np.isnan(pct) else f'{pct:.0f}'} |")
         if not lo - 1e-3 <= exact <= hi:  # 1e-3: MI = 0 sits on the interval's floor
-            misses.append(f"- Simple Gaussian example n = {n}, dx = dy = {d}, rho = {rho}: the exact MI {exact:.2f} nats "
+            misses.append(f"- Simple Gaussian example n = {n}, dx = {dx}, dy = {d}, rho = {rho}: the exact MI {exact:.2f} nats "
                           f"lies {'above' if exact > hi else 'below'} the 90% interval ({lo:.2f} to {hi:.2f}).")
     return rows, misses
 

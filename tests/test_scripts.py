@@ -772,9 +772,9 @@ def test_model_card_gaussian_examples_name_each_miss(monkeypatch):
     monkeypatch.setattr(infer, "AmortizedMIEstimator", Fake)
     rows, misses = _gaussian_examples("unused")
     assert len(rows) == 2 + len(GAUSSIAN_EXAMPLES)
-    exact = [-0.5 * d * np.log(1 - rho**2) for _, d, rho in GAUSSIAN_EXAMPLES]
-    expected = [(n, d, rho, e) for (n, d, rho), e in zip(GAUSSIAN_EXAMPLES, exact) if not 0.5 - 1e-3 <= e <= 3.0]
+    exact = [-0.5 * dy * np.log(1 - rho**2) for _, _, dy, rho in GAUSSIAN_EXAMPLES]
+    expected = [(*ex, e) for ex, e in zip(GAUSSIAN_EXAMPLES, exact) if not 0.5 - 1e-3 <= e <= 3.0]
     assert len(misses) == len(expected) > 0
-    for (n, d, rho, e), line in zip(expected, misses):
-        assert f"n = {n}, dx = dy = {d}, rho = {rho}: the exact MI {max(0.0, e):.2f}" in line
+    for (n, dx, dy, rho, e), line in zip(expected, misses):
+        assert f"n = {n}, dx = {dx}, dy = {dy}, rho = {rho}: the exact MI {max(0.0, e):.2f}" in line
         assert ("above" if e > 3.0 else "below") in line
