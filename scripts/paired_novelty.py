@@ -31,7 +31,7 @@ import infer  # noqa: E402
 from eval.metrics import quantile_at  # noqa: E402
 from eval.paired_n import draw_paired_tasks, parse_sizes, sets_at  # noqa: E402
 from model.novelty import novelty_scores  # noqa: E402
-from scripts.uncertainty_signals import auc  # noqa: E402
+from scripts.uncertainty_signals import auc_between  # noqa: E402
 
 
 def predict(loaded, pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -127,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 for g in groups))
     first, *rest = preds
     for key in rest:
-        row = {str(n): auc(np.r_[preds[first][n]["score"], preds[key][n]["score"]],
-                           np.r_[np.zeros(len(preds[first][n]["score"]), bool), np.ones(len(preds[key][n]["score"]), bool)])
-               for n in sizes}
+        row = {str(n): auc_between(preds[first][n]["score"], preds[key][n]["score"]) for n in sizes}
         report["auc_vs_first"][f"{key} vs {first}"] = row
         print(f"novelty AUC, {key} vs {first}, per n: " + " / ".join(f"{v:.3f}" for v in row.values()))
     if args.out:

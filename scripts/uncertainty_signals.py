@@ -54,6 +54,12 @@ def auc(score: np.ndarray, positive: np.ndarray) -> float:
     return float((r[positive].sum() - p * (p + 1) / 2) / (p * q))
 
 
+def auc_between(negative: np.ndarray, positive: np.ndarray) -> float:
+    """`auc` of two groups' scores: the probability that a set of `positive` (P,) scores above one of `negative` (N,)."""
+    negative, positive = np.asarray(negative), np.asarray(positive)
+    return auc(np.r_[negative, positive], np.r_[np.zeros(negative.size, bool), np.ones(positive.size, bool)])
+
+
 def member_medians(model, batch) -> torch.Tensor:
     """``infer._forward_grid`` outputs: each refiner member's median of log1p(MI) (B, M), from
     `Refiner.corrections` (the shipped output adds their mean)."""
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {}
             for name, fa, fb in (("all", a["n"] > 0, b["n"] > 0), (f"n<={N_SPLIT}", a["n"] <= N_SPLIT, b["n"] <= N_SPLIT),
                                  (f"n>{N_SPLIT}", a["n"] > N_SPLIT, b["n"] > N_SPLIT)):
-                row[name] = auc(np.r_[a[sig][fa], b[sig][fb]], np.r_[np.zeros(fa.sum(), bool), np.ones(fb.sum(), bool)])
+                row[name] = auc_between(a[sig][fa], b[sig][fb])
             report["ood_vs_id"][key][sig] = row
             print(f"  {key:32s} {sig:8s} " + " / ".join(f"{v:.3f}" for v in row.values()))
     print("AUC, sets the raw 90% interval misses vs the rest, within each store (MI > 0.05 nats; n <= 300 / n > 300)")

@@ -609,13 +609,14 @@ def test_screen_radial_statistics_see_a_shared_scale_through_a_spiral():
 def test_uncertainty_signals_auc_counts_pairs():
     """uncertainty_signals.auc: the share of (positive, negative) pairs where the positive scores higher,
     ties half, counted here pair by pair; NaN without both kinds."""
-    from scripts.uncertainty_signals import auc
+    from scripts.uncertainty_signals import auc, auc_between
 
     rng = np.random.default_rng(4)
     score = rng.integers(0, 6, size=40).astype(float)  # many ties
     pos = rng.random(40) < 0.4
     pairs = [(a > b) + 0.5 * (a == b) for a in score[pos] for b in score[~pos]]
     assert auc(score, pos) == pytest.approx(np.mean(pairs), abs=1e-12)
+    assert auc_between(score[~pos], score[pos]) == pytest.approx(np.mean(pairs), abs=1e-12)
     assert auc(score, ~pos) == pytest.approx(1.0 - np.mean(pairs), abs=1e-12)
     assert np.isnan(auc(score, np.zeros(40, bool)))
 
