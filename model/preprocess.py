@@ -397,7 +397,7 @@ _BLOCK = 1 << 19
 _BLOCK // m rows (twice that on the int16 path), and column groups of the max-norm in (g, chunk, m)
 blocks of at most this size. Since session 32's lanes made the selection a fixed number of small
 operations per chunk, fewer and larger chunks win: 2 MiB instead of 1 MiB made whole calls 4-9%
-faster at n >= 1,000 in session 33's interleaved timings, the same at n = 400 (README, Performance)."""
+faster at n >= 1,000 in session 33's interleaved timings, the same at n = 400 (README, log)."""
 
 _DIFF_BLOCKS = 1
 """The max-norm's (g, chunk, m) difference block may span this many work buffers."""
