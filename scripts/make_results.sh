@@ -27,6 +27,8 @@ done
 for b in test_id test_ood; do     # n from 10 to 5,000, a quarter barely above dx + dy: what users meet
     $PY -m metagen generate --config configs/metagen/$b.toml --out "$S/${b/_/-}" --num-sets 2000 --no-progress
 done
+# plain correlated Gaussians (no transform, 1-5 dims per block, n 300-2,000): the simplest data users meet
+$PY -m metagen generate --config configs/metagen/gaussian_check.toml --out "$S/gaussian-check" --no-progress
 [ -d "$TRAIN_STORE" ] || { echo "make_results.sh: the train_mean floor needs the training store $TRAIN_STORE (README, 'Rebuilding')"; exit 2; }
 
 reuse() {  # --reuse OLD_RESULTS when REUSE=1 and an earlier run left one
@@ -54,6 +56,8 @@ test_lane() {
         $PY -m eval.harness --store "$S/$b" --out "$OUT/$b" --checkpoint "$CKPT" \
             --estimators model,ksg,gaussian,train_mean --train-store "$TRAIN_STORE" --threads 1 --no-progress $LIMIT $(reuse "$OUT/$b") > /dev/null
     done
+    $PY -m eval.harness --store "$S/gaussian-check" --out "$OUT/gaussian-check" --checkpoint "$CKPT" \
+        --estimators model,ksg,gaussian --threads 1 --no-progress $LIMIT $(reuse "$OUT/gaussian-check") > /dev/null
 }
 # two lanes, one core each (JOBS=1: one after the other); every step is single-threaded
 if [ "${JOBS:-2}" -ge 2 ]; then

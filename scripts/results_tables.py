@@ -183,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
             if width:
                 out += ["Model's 90% interval width per n within each true-MI bin, nats (sets):", "", *width, ""]
         if not subset:
-            out += ["MAE per family group:", "", *_by(r, "family_group", "mae", "group"), "",
-                    "MAE per dims (max(dx, dy)):", "", *_by(r, "dims", "mae", "dims"), ""]
+            groups = _by(r, "family_group", "mae", "group")
+            if len(groups) > 2:  # a store of families outside every group (plain Gaussians) has no rows
+                out += ["MAE per family group:", "", *groups, ""]
+            out += ["MAE per dims (max(dx, dy)):", "", *_by(r, "dims", "mae", "dims"), ""]
             if "rows_per_dim" in kinds:  # results.json written before the harness had this group has none
                 out += ["MAE per samples per dimension (n / (dx + dy); <=3: the near-minimum sets):", "",
                         *_by(r, "rows_per_dim", "mae", "n / (dx + dy)"), ""]

@@ -96,6 +96,7 @@ def test_results_tables_bucketed_n_coverage_and_rows_per_dim(tmp_path):
                                           "| all | 7.00 (2) | 1.00 (1) |"]
     assert "| <=50 | 2 | 0.50 | 1.00 | 7.00 |" in lines and "| >2000 | 1 | 0.50 | 1.00 | 7.00 |" in lines
     assert "| <=3 | 1 | 2.50 |" in lines
+    assert "MAE per family group:" not in lines  # no set in any family group (e.g. plain Gaussians): no empty table
 
 
 def test_results_tables_error_share_per_mi_bin(tmp_path):
@@ -112,8 +113,11 @@ def test_results_tables_error_share_per_mi_bin(tmp_path):
                      "groups": {"mi": {"(0,1]": {"count": 2, "mae": 2.0, "bias": 0.0}, "(8,35]": {"count": 1, "mae": 9.0, "bias": -9.0}}}},
     }
     for e in est.values():
-        e["groups"].update({"family_group": {}, "dims": {}})
+        e["groups"].update({"family_group": {"flows": {"count": 1, "mae": e["overall"]["mae"]}}, "dims": {}})
     lines = _tables_of(tmp_path, "store", sets, est["model"], ksg=est["ksg"], gaussian=est["gaussian"])
+    start = lines.index("MAE per family group:")  # a store with sets in a family group gets the table
+    assert lines[start + 2:start + 5] == ["| group | sets | model | ksg | gaussian |", "|---|---:|---:|---:|---:|",
+                                          "| flows | 1 | 2.67 | 1.00 | 1.00 |"]
     start = lines.index("| true MI | sets | model MAE | KSG MAE | Gaussian MAE | model / KSG | share of the model's error |")
     assert lines[start + 2:start + 4] == ["| (0,1] | 2 | 1.00 | 4.00 | 2.00 | 0.25 | 0.25 |",
                                           "| (8,35] | 1 | 6.00 | 12.00 | 9.00 | 0.50 | 0.75 |"]
