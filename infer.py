@@ -339,6 +339,15 @@ def predict_mi_quantiles_batch(
                     on_out_of_range=on_out_of_range, max_rows=max_rows)[0]
 
 
+def _grid_and_novelty(loaded: _Loaded, sets: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Uncalibrated (B, Q) grid of log1p(MI) for validated sets, and their novelty scores (B,) (None when the
+    checkpoint has no novelty reference), from one forward pass."""
+    ref = loaded.novelty
+    stats = None if ref is None else np.empty((len(sets), ref.mean.size))
+    grid_t = _forward_grid(loaded, sets, stats=stats)
+    return grid_t, None if ref is None else novelty_scores(ref, stats)
+
+
 def _predict(pairs: Iterable[tuple[Any, Any]], quantiles: float | Sequence[float], *,
              checkpoint: str | os.PathLike | None, unit: str, device: str | torch.device | None,
              on_out_of_range: str, max_rows: int | None | str) -> tuple[np.ndarray, np.ndarray]:
@@ -361,9 +370,7 @@ def _predict(pairs: Iterable[tuple[Any, Any]], quantiles: float | Sequence[float
     if not sets:
         return np.empty((0, q.size)), np.empty(0)
     ref = loaded.novelty
-    stats = None if ref is None else np.empty((len(sets), ref.mean.size))
-    grid_t = _forward_grid(loaded, sets, stats=stats)
-    scores = None if ref is None else novelty_scores(ref, stats)
+    grid_t, scores = _grid_and_novelty(loaded, sets)
     out = _grid_to_levels(loaded, grid_t, q, np.array([x.shape[0] for x, _ in sets]),
                           None if ref is None else ref.bin_of(scores))
     novelty = np.full(len(sets), np.nan) if ref is None else ref.percentile_of(scores)

@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import infer  # noqa: E402
 from eval.metrics import quantile_at  # noqa: E402
 from eval.paired_n import draw_paired_tasks, parse_sizes, sets_at  # noqa: E402
-from model.novelty import novelty_scores  # noqa: E402
 from scripts.uncertainty_signals import auc_between  # noqa: E402
 
 
@@ -39,9 +38,7 @@ def predict(loaded, pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.
     quantiles (B,) in nats, the novelty score and bin (B,)."""
     sets = [infer._check_range(*infer.as_sample_pair(x, y, n_min=infer.ABSOLUTE_MIN_ROWS), loaded.limits, "error", "auto")
             for x, y in pairs]
-    stats = np.empty((len(sets), loaded.novelty.mean.size))
-    grid = infer._forward_grid(loaded, sets, stats=stats)  # (B, Q) log1p(MI), uncalibrated
-    score = novelty_scores(loaded.novelty, stats)
+    grid, score = infer._grid_and_novelty(loaded, sets)  # (B, Q) log1p(MI), uncalibrated; (B,)
     bins = loaded.novelty.bin_of(score)
     cal = infer._grid_to_levels(loaded, grid, np.array([0.05, 0.95]), np.array([x.shape[0] for x, _ in sets]), bins)
     raw = np.expm1(np.clip(np.stack([quantile_at(loaded.levels, grid, q) for q in (0.05, 0.95)], axis=1), 0.0, None))
@@ -58,13 +55,13 @@ def per_n_summary(p: dict[str, np.ndarray], mi: np.ndarray) -> dict:
 def width_changes(a: dict[str, np.ndarray], b: dict[str, np.ndarray], num_bins: int) -> list[dict]:
     """The same tasks at two n (a, then b), grouped by (bin at a, bin at b): tasks, mean change of the raw and of
     the calibrated 90% width (nats), for every pair of bins that holds a task."""
+    raw = (b["raw_hi"] - b["raw_lo"]) - (a["raw_hi"] - a["raw_lo"])  # (B,) per task
+    cal = (b["hi"] - b["lo"]) - (a["hi"] - a["lo"])
     out = []
     for ba in range(num_bins):
         for bb in range(num_bins):
             sel = (a["bin"] == ba) & (b["bin"] == bb)
             if sel.any():
-                raw = (b["raw_hi"] - b["raw_lo"]) - (a["raw_hi"] - a["raw_lo"])
-                cal = (b["hi"] - b["lo"]) - (a["hi"] - a["lo"])
                 out.append({"bins": [ba, bb], "tasks": int(sel.sum()), "raw_change": float(raw[sel].mean()),
                             "change": float(cal[sel].mean())})
     return out
