@@ -198,12 +198,14 @@ def parse_speed(text: str) -> dict[str, float]:
         if m:
             out[key] = float(m.group(m.lastindex))
     # one block of rounds per baseline, each headed "alternating rounds, model single call vs <baseline> ..."
+    wanted = {"infonce": ("infonce_min_x", "minimum"), "ksg": ("ksg_median_x", "median")}
     for block in re.split(r"^(?=alternating rounds)", text, flags=re.M)[1:]:
-        baseline = block.split(" vs ", 1)[1][:3] if " vs " in block else ""
-        key, stat = {"inf": ("infonce_min_x", "minimum"), "ksg": ("ksg_median_x", "median")}.get(baseline, (None, None))
-        m = re.search(rf"^\s*{stat} ratio\s+{num}", block, flags=re.M) if key else None
-        if m:
-            out[key] = float(m.group(1))
+        head = re.match(r"alternating rounds, model single call vs (\w+)", block)
+        if head and head.group(1) in wanted:
+            key, stat = wanted[head.group(1)]
+            m = re.search(rf"^\s*{stat} ratio\s+{num}", block, flags=re.M)
+            if m:
+                out[key] = float(m.group(1))
     return out
 
 

@@ -100,19 +100,19 @@ def _gaussian_examples(checkpoint: str) -> tuple[list[str], list[str]]:
     rng = np.random.default_rng(0)
     est = infer.AmortizedMIEstimator(checkpoint, quantiles=(0.05, 0.5, 0.95), on_out_of_range="ignore")
     misses = []
-    for n, dx, d, rho in GAUSSIAN_EXAMPLES:
+    for n, dx, dy, rho in GAUSSIAN_EXAMPLES:
         x = rng.normal(size=(n, dx))
-        y = rho * x[:, :d] + np.sqrt(1 - rho**2) * rng.normal(size=(n, d))
+        y = rho * x[:, :dy] + np.sqrt(1 - rho**2) * rng.normal(size=(n, dy))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             info = est.estimate_with_info(x, y).additional_information
         lo, med, hi = (info["quantiles"][lv] for lv in (0.05, 0.5, 0.95))
         pct = info["novelty_percentile"]
-        exact = max(0.0, -0.5 * d * np.log(1 - rho**2))
-        rows.append(f"| {n} | {dx} | {d} | {rho} | {exact:.3f} | {lo:.3f} | {med:.3f} | "
+        exact = max(0.0, -0.5 * dy * np.log(1 - rho**2))
+        rows.append(f"| {n} | {dx} | {dy} | {rho} | {exact:.3f} | {lo:.3f} | {med:.3f} | "
                     f"{hi:.3f} | {'-' if np.isnan(pct) else f'{pct:.0f}'} |")
         if not lo - 1e-3 <= exact <= hi:  # 1e-3: MI = 0 sits on the interval's floor
-            misses.append(f"- Simple Gaussian example n = {n}, dx = {dx}, dy = {d}, rho = {rho}: the exact MI {exact:.2f} nats "
+            misses.append(f"- Simple Gaussian example n = {n}, dx = {dx}, dy = {dy}, rho = {rho}: the exact MI {exact:.2f} nats "
                           f"lies {'above' if exact > hi else 'below'} the 90% interval ({lo:.2f} to {hi:.2f}).")
     return rows, misses
 
