@@ -14,7 +14,9 @@ it), full batch with AdamW and a cosine learning rate, keeps the step with the l
 held-out share of the sets, and writes the checkpoint with the refiner (uncalibrated: refit the
 conformal offsets with ``scripts/ship_checkpoint.py``, compare with
 ``scripts/calibration_study.py``; ``--score STORE`` prints the uncalibrated median's MAE on a
-validation store with and without the refiner, from the same cached inputs). Why: a corrector of this form, fitted on 8,000
+validation store with and without the refiner, from the same cached inputs). Each member is saved as soon as
+it is fitted (under ``--state-dir``, by default OUT.members), so the same command rerun after a stop refits
+only the members still missing. Why: a corrector of this form, fitted on 8,000
 training-distribution sets, was 10-12% better than the network in distribution
 (``scripts/screen_features.py``, session 25), while refitting the head inside training gained a
 fifth of that; precomputed inputs make thousands of full passes cost seconds.
@@ -22,6 +24,7 @@ fifth of that; precomputed inputs make thousands of full passes cost seconds.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -61,8 +64,8 @@ def refiner_inputs(checkpoint: Path, store_path: str, work: Path, inputs: str = 
 
 def fit_refiner(raw: np.ndarray, context: np.ndarray, t: np.ndarray, weight: np.ndarray, levels, *, hidden: int = 64,
                 members: int = 1, steps: int = 3000, lr: float = 3e-3, weight_decay: float = 1e-3,
-                holdout: float = 0.1, seed: int = 0, eval_every: int = 50, progress: bool = False
-                ) -> tuple[Refiner, dict]:
+                holdout: float = 0.1, seed: int = 0, eval_every: int = 50, progress: bool = False,
+                state_dir: Path | None = None) -> tuple[Refiner, dict]:
     """A `Refiner` of `members` MLPs fitted on head outputs raw (N, Q), what it reads besides them (N, C) and truth
     t = log1p(MI) (N,), each set's loss weighted by `weight` (N,), `levels` (Q,) the quantile levels.
 
@@ -70,6 +73,10 @@ def fit_refiner(raw: np.ndarray, context: np.ndarray, t: np.ndarray, weight: np.
     seed and is kept at the evaluated step with the least weighted pinball loss on the held-out sets; the
     refiner averages the members' corrections. Returns it with a report: held-out loss without the refiner,
     of each member and of the ensemble, the members' kept steps, and the median's MAE in nats there.
+
+    With `state_dir`, each member is saved there as soon as it is fitted (`save_member`), and a member saved
+    by an earlier call on the same data and settings is loaded instead of refitted (listed in the report's
+    "resumed"), so a fit stopped part-way loses at most the member in progress.
     """
     n = len(t)
     if not 0 < holdout < 1:
@@ -98,8 +105,21 @@ def fit_refiner(raw: np.ndarray, context: np.ndarray, t: np.ndarray, weight: np.
 
     with torch.no_grad():
         base = float(loss_of(hold, None))
-    report = {"holdout_sets": n_hold, "holdout_loss_before": base, "member_losses": [], "best_steps": []}
+    report = {"holdout_sets": n_hold, "holdout_loss_before": base, "member_losses": [], "best_steps": [],
+              "resumed": []}
+    key = fit_key(raw, context, t, weight, levels.numpy(), hidden=hidden, steps=steps, lr=lr,
+                  weight_decay=weight_decay, holdout=holdout, seed=seed, eval_every=eval_every)
     for i in range(members):
+        saved = load_member(state_dir, i, key) if state_dir is not None else None
+        if saved is not None:
+            refiner.nets[i].load_state_dict(saved[2])
+            report["member_losses"].append(saved[0])
+            report["best_steps"].append(saved[1])
+            report["resumed"].append(i)
+            if progress:
+                print(f"fit_refiner: member {i + 1}/{members}: loaded from {state_dir} (held-out loss {saved[0]:.5f})",
+                      file=sys.stderr, flush=True)
+            continue
         torch.manual_seed(seed * 1000 + i)
         member = Refiner(refiner.shift.numel(), hidden, raw.shape[1])
         member.load_state_dict({"shift": refiner.shift, "scale": refiner.scale}, strict=False)
@@ -118,6 +138,8 @@ def fit_refiner(raw: np.ndarray, context: np.ndarray, t: np.ndarray, weight: np.
                 if held < best[0]:
                     best = (held, step, {k: v.clone() for k, v in member.nets[0].state_dict().items()})
         refiner.nets[i].load_state_dict(best[2])
+        if state_dir is not None:
+            save_member(state_dir, i, key, best)
         report["member_losses"].append(best[0])
         report["best_steps"].append(best[1])
         if progress:
@@ -130,6 +152,45 @@ def fit_refiner(raw: np.ndarray, context: np.ndarray, t: np.ndarray, weight: np.
     report["holdout_mae_before"] = float(median_errors(None, held_out, levels.numpy()).mean())
     report["holdout_mae_after"] = float(median_errors(refiner, held_out, levels.numpy()).mean())
     return refiner, report
+
+
+def fit_key(*arrays: np.ndarray, **settings) -> str:
+    """Fingerprint (hex) of a fit's data `arrays` and `settings`: a saved member is reused only under the same."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for a in arrays:
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save_member(state_dir: Path, i: int, key: str, best: tuple[float, int, dict]) -> None:
+    """Write member `i` (held-out loss, kept step, state dict) under `state_dir`: weights as a plain tensor file
+    (read back weights-only), its loss, step and the fit's `key` as JSON written after them."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    partial = state_dir / f"member-{i}.pt.partial"
+    torch.save(best[2], partial)
+    partial.replace(state_dir / f"member-{i}.pt")
+    (state_dir / f"member-{i}.json").write_text(json.dumps({"key": key, "loss": best[0], "step": best[1]}))
+
+
+def clear_members(state_dir: Path) -> None:
+    """Remove what `save_member` wrote under `state_dir`, and the folder if nothing else is left in it."""
+    for f in state_dir.glob("member-*"):
+        f.unlink()
+    if state_dir.is_dir() and not any(state_dir.iterdir()):
+        state_dir.rmdir()
+
+
+def load_member(state_dir: Path, i: int, key: str) -> tuple[float, int, dict] | None:
+    """Member `i` as `save_member` wrote it, or None if absent or saved for another fit (another `key`)."""
+    meta_path, weights = state_dir / f"member-{i}.json", state_dir / f"member-{i}.pt"
+    if not (meta_path.is_file() and weights.is_file()):
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("key") != key:
+        return None
+    return float(meta["loss"]), int(meta["step"]), torch.load(weights, weights_only=True)
 
 
 def median_errors(refiner: Refiner | None, table: dict[str, np.ndarray], levels) -> np.ndarray:
@@ -159,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--holdout", type=float, default=0.1)
     p.add_argument("--n-weight-power", type=float, default=1.0, help="as train.py: a set weighs max(1, round((n/100)^p))")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--state-dir", default=None,
+                   help="where each fitted member is saved at once, and found again when the same fit is rerun after a "
+                        "stop (default: OUT's name with .members appended; removed once OUT is written)")
     p.add_argument("--score", action="append", default=[],
                    help="validation store: report the uncalibrated median's MAE there with and without the refiner")
     args = p.parse_args(argv)
@@ -169,10 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     tables = [refiner_inputs(Path(args.checkpoint), s, work, args.inputs) for s in args.store]
     cat = {k: np.concatenate([tb[k] for tb in tables]) for k in ("raw", "context", "t", "n")}
     weight = n_repeats(cat["n"], args.n_weight_power).astype(np.float64)
+    state_dir = Path(args.state_dir) if args.state_dir else Path(args.out + ".members")
     start = time.perf_counter()
     refiner, report = fit_refiner(cat["raw"], cat["context"], cat["t"], weight, model.config.quantile_levels,
                                   hidden=args.hidden, members=args.members, steps=args.steps, lr=args.lr,
-                                  weight_decay=args.weight_decay, holdout=args.holdout, seed=args.seed, progress=True)
+                                  weight_decay=args.weight_decay, holdout=args.holdout, seed=args.seed, progress=True,
+                                  state_dir=state_dir)
     report["fit_seconds"] = round(time.perf_counter() - start, 1)
     for store in args.score:
         table = refiner_inputs(Path(args.checkpoint), store, work, args.inputs)
@@ -187,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                        "seed": args.seed, "from": lineage(args.checkpoint, meta), **report}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.out, new.eval(), limits=dict(meta["limits"]), calibration=None, info=info)
+    clear_members(state_dir)  # the checkpoint holds every member now
     print(json.dumps(report, indent=1))
     print(f"fit_refiner: wrote {args.out}", file=sys.stderr)
     return 0

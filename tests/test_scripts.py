@@ -398,6 +398,41 @@ def test_fit_refiner_learns_what_a_statistic_tells_and_keeps_the_best_holdout_st
         fit_refiner(raw[:10], signal, t, weight, DEFAULT_LEVELS)
 
 
+def test_fit_refiner_resumes_saved_members_and_only_for_the_same_fit(tmp_path):
+    """fit_refiner with a state dir: a fit stopped after two members and rerun for three loads those two and
+    ends with the same refiner as one uninterrupted fit; members saved for other settings are refitted."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from model.network import DEFAULT_LEVELS
+    from scripts.fit_refiner import clear_members, fit_refiner
+
+    rng = np.random.default_rng(3)
+    n, q = 300, len(DEFAULT_LEVELS)
+    raw, context = rng.normal(-2.0, 0.3, size=(n, q)), rng.normal(size=(n, 2))
+    t, weight = rng.uniform(0.2, 2.0, size=n), np.ones(n)
+    kw = dict(hidden=8, steps=40, eval_every=10, seed=2)
+    state = tmp_path / "state"
+    _, first = fit_refiner(raw, context, t, weight, DEFAULT_LEVELS, members=2, state_dir=state, **kw)
+    assert first["resumed"] == [] and sorted(f.name for f in state.iterdir()) == [
+        "member-0.json", "member-0.pt", "member-1.json", "member-1.pt"]
+    resumed, again = fit_refiner(raw, context, t, weight, DEFAULT_LEVELS, members=3, state_dir=state, **kw)
+    whole, fresh = fit_refiner(raw, context, t, weight, DEFAULT_LEVELS, members=3, **kw)
+    assert again["resumed"] == [0, 1] and fresh["resumed"] == []
+    assert again["member_losses"] == fresh["member_losses"] and again["best_steps"] == fresh["best_steps"]
+    x, c = torch.tensor(raw[:20], dtype=torch.float32), torch.tensor(context[:20], dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(resumed(x, c), whole(x, c))
+    _, other = fit_refiner(raw, context, t, weight, DEFAULT_LEVELS, members=2, state_dir=state, **{**kw, "seed": 4})
+    assert other["resumed"] == []  # another seed: another held-out split, nothing reused
+    _, shifted = fit_refiner(raw, context, t + 0.1, weight, DEFAULT_LEVELS, members=2, state_dir=state, **{**kw, "seed": 4})
+    assert shifted["resumed"] == []  # other data under the same settings
+    (state / "notes.txt").write_text("kept")
+    clear_members(state)  # removes the members' files only
+    assert [f.name for f in state.iterdir()] == ["notes.txt"]
+
+
 def test_fit_refiner_cli_writes_a_checkpoint_that_infer_loads(tmp_path):
     """End to end on a tiny store and a tiny random network: the written checkpoint holds the network's
     weights unchanged, a refiner, its report in the info, no calibration, and predicts through infer."""
@@ -428,6 +463,7 @@ def test_fit_refiner_cli_writes_a_checkpoint_that_infer_loads(tmp_path):
     refined, meta = load_checkpoint(tmp_path / "refined.safetensors")
     assert (refined.config.refine_hidden, refined.config.refine_members, refined.config.refine_inputs) == (8, 2, "head")
     assert meta["calibration"] is None and meta["info"]["refiner"]["inputs"] == "head"
+    assert not (tmp_path / "refined.safetensors.members").exists()  # the members' state goes once the checkpoint is written
     assert meta["info"]["step"] == 7 and meta["info"]["refiner"]["sets"] == 60
     state = refined.state_dict()
     for k, v in net.state_dict().items():
