@@ -433,6 +433,53 @@ def test_fit_refiner_resumes_saved_members_and_only_for_the_same_fit(tmp_path):
     assert [f.name for f in state.iterdir()] == ["notes.txt"]
 
 
+def test_score_refiner_scores_each_member_and_the_first_k_ensembles(tmp_path):
+    """score_refiner.py: a member picked out keeps its own correction, the first k members' refiner adds the
+    mean of their corrections, the report's last ensemble is the checkpoint's whole refiner and its head entry
+    the head alone; a checkpoint without a refiner is refused."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from metagen.config import load_config
+    from metagen.generate import generate
+    from model.checkpoint import save_checkpoint
+    from model.network import MIEstimator, ModelConfig, add_refiner
+    from scripts.fit_refiner import median_errors, refiner_inputs
+    from scripts.score_refiner import members_of, score
+
+    generate(load_config(ROOT / "configs" / "metagen" / "tiny.toml"), tmp_path / "val", num_sets=30, seed=6,
+             progress=False)
+    torch.manual_seed(0)
+    net = MIEstimator(ModelConfig(dim=16, heads=2, cell_layers=0, inducing=4, knn_rows=32, head_hidden=16))
+    net = add_refiner(net, hidden=8, members=3).eval()
+    with torch.no_grad():  # members that disagree (a new refiner's last layers are zero)
+        for member in net.refine.nets:
+            member[-1].weight.normal_(0.0, 0.3)
+    limits = {"n_min": 10, "n_max": 500, "dx_max": 16, "dy_max": 16, "mi_max": 35.0}
+    save_checkpoint(tmp_path / "ref.safetensors", net, limits=limits, calibration=None, info={})
+    q = len(net.config.quantile_levels)
+    raw, stats = torch.randn(4, q), torch.randn(4, net.refine.shift.numel() - q)
+    with torch.no_grad():
+        each = net.refine.corrections(raw, stats)  # (3, 4, Q)
+        assert torch.allclose(members_of(net.refine, [1]).corrections(raw, stats)[0], each[1])
+        assert torch.allclose(members_of(net.refine, [0, 1])(raw, stats), raw + (each[0] + each[1]) / 2, atol=1e-6)
+    report = score(tmp_path / "ref.safetensors", [str(tmp_path / "val")], tmp_path / "work")["val"]
+    table = refiner_inputs(tmp_path / "ref.safetensors", str(tmp_path / "val"), tmp_path / "work")
+    levels = net.config.quantile_levels
+    assert report["sets"] == 30 and len(report["members"]) == len(report["first_k"]) == 3
+    assert np.isclose(report["first_k"][-1], median_errors(net.refine, table, levels).mean())
+    assert np.isclose(report["head"], median_errors(None, table, levels).mean())
+    assert report["first_k"][0] == report["members"][0] and len(set(report["members"])) == 3
+    with pytest.raises(ValueError, match="indices"):
+        members_of(net.refine, [3])
+    save_checkpoint(tmp_path / "plain.safetensors", MIEstimator(ModelConfig(dim=16, heads=2, cell_layers=0, inducing=4,
+                    knn_rows=32, head_hidden=16)), limits=limits, calibration=None, info={})
+    proc = _run("--checkpoint", str(tmp_path / "plain.safetensors"), "--store", str(tmp_path / "val"),
+                "--work", str(tmp_path / "work"), script="score_refiner.py")
+    assert proc.returncode == 2 and "no refiner" in proc.stderr
+
+
 def test_fit_refiner_cli_writes_a_checkpoint_that_infer_loads(tmp_path):
     """End to end on a tiny store and a tiny random network: the written checkpoint holds the network's
     weights unchanged, a refiner, its report in the info, no calibration, and predicts through infer."""
