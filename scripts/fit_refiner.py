@@ -15,8 +15,8 @@ held-out share of the sets, and writes the checkpoint with the refiner (uncalibr
 conformal offsets with ``scripts/ship_checkpoint.py``, compare with
 ``scripts/calibration_study.py``; ``--score STORE`` prints the uncalibrated median's MAE on a
 validation store with and without the refiner, from the same cached inputs). Each member is saved as soon as
-it is fitted (under ``--state-dir``, by default OUT.members), so the same command rerun after a stop refits
-only the members still missing. Why: a corrector of this form, fitted on 8,000
+it is fitted (under ``--state-dir``, by default OUT.members, which goes once OUT is written), so the same
+command rerun after a stop refits only the members still missing. Why: a corrector of this form, fitted on 8,000
 training-distribution sets, was 10-12% better than the network in distribution
 (``scripts/screen_features.py``, session 25), while refitting the head inside training gained a
 fifth of that; precomputed inputs make thousands of full passes cost seconds.
@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--state-dir", default=None,
                    help="where each fitted member is saved at once, and found again when the same fit is rerun after a "
-                        "stop (default: OUT's name with .members appended; removed once OUT is written)")
+                        "stop (default: OUT's name with .members appended, removed once OUT is written; a folder given "
+                        "here is kept, so a checkpoint of a running fit's first K members can be written from it)")
     p.add_argument("--score", action="append", default=[],
                    help="validation store: report the uncalibrated median's MAE there with and without the refiner")
     args = p.parse_args(argv)
@@ -253,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                        "seed": args.seed, "from": lineage(args.checkpoint, meta), **report}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.out, new.eval(), limits=dict(meta["limits"]), calibration=None, info=info)
-    clear_members(state_dir)  # the checkpoint holds every member now
+    if not args.state_dir:  # the default folder is this run's: the checkpoint holds every member now
+        clear_members(state_dir)
     print(json.dumps(report, indent=1))
     print(f"fit_refiner: wrote {args.out}", file=sys.stderr)
     return 0

@@ -6,7 +6,7 @@
 For each checkpoint and store it prints, as JSON, the MAE of the head alone, of each refiner member alone and
 of the first k members' ensemble for every k. Why: two refiners fitted on different data are compared member
 for member (and at equal ensemble size) this way, also while a long fit has saved only some of its members
-(``fit_refiner.py --members K`` with a copy of its state folder writes a checkpoint of the first K). The
+(``fit_refiner.py --members K --state-dir <its OUT.members>`` writes a checkpoint of the first K). The
 head outputs and statistics are computed as ``infer`` would and cached under ``--work`` per checkpoint
 (``fit_refiner.refiner_inputs``); no calibration is applied.
 """

@@ -511,6 +511,11 @@ def test_fit_refiner_cli_writes_a_checkpoint_that_infer_loads(tmp_path):
     assert (refined.config.refine_hidden, refined.config.refine_members, refined.config.refine_inputs) == (8, 2, "head")
     assert meta["calibration"] is None and meta["info"]["refiner"]["inputs"] == "head"
     assert not (tmp_path / "refined.safetensors.members").exists()  # the members' state goes once the checkpoint is written
+    proc = _run("--checkpoint", str(tmp_path / "net.safetensors"), "--store", str(tmp_path / "fit"), "--out",
+                str(tmp_path / "first.safetensors"), "--work", str(tmp_path / "work"), "--steps", "50", "--hidden", "8",
+                "--members", "1", "--inputs", "head", "--state-dir", str(tmp_path / "state"), script="fit_refiner.py")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(f.name for f in (tmp_path / "state").iterdir()) == ["member-0.json", "member-0.pt"]  # a given folder stays
     assert meta["info"]["step"] == 7 and meta["info"]["refiner"]["sets"] == 60
     state = refined.state_dict()
     for k, v in net.state_dict().items():
