@@ -6,6 +6,11 @@
 Every number in the card is read from the checkpoint (training steps, data, limits,
 validation metrics) or from the eval harness's results.json files under --results
 (one sub-folder per test store); nothing is typed in by hand.
+
+    python scripts/write_model_card.py --examples-only --checkpoint A --checkpoint B
+
+prints only the card's "Simple Gaussian examples" table for each checkpoint (calibrated or not),
+to compare candidates on the simplest data before one is shipped; nothing is written.
 """
 from __future__ import annotations
 
@@ -188,10 +193,22 @@ def _store_config(path: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default="data/default.safetensors")
+    p.add_argument("--checkpoint", action="append",
+                   help="checkpoint to describe (default data/default.safetensors); repeatable with --examples-only")
     p.add_argument("--results", default="results", help="folder with one harness output folder per store")
     p.add_argument("--out", default="data/MODEL_CARD.md")
+    p.add_argument("--examples-only", action="store_true",
+                   help="print each checkpoint's simple Gaussian examples table and its misses; write nothing")
     args = p.parse_args(argv)
+    checkpoints = args.checkpoint or ["data/default.safetensors"]
+    if args.examples_only:
+        for path in checkpoints:
+            rows, misses = _gaussian_examples(path)
+            print("\n".join([f"{path}:", "", *rows, "", *misses, ""]))
+        return 0
+    if len(checkpoints) > 1:
+        p.error("the card describes one checkpoint: give --checkpoint once (or use --examples-only)")
+    args.checkpoint = checkpoints[0]
 
     model, meta = load_checkpoint(args.checkpoint)
     info, limits, cfg = meta.get("info") or {}, meta["limits"], meta["config"]

@@ -871,3 +871,40 @@ def test_model_card_gaussian_examples_name_each_miss(monkeypatch):
     for (n, dx, dy, rho, e), line in zip(expected, misses):
         assert f"n = {n}, dx = {dx}, dy = {dy}, rho = {rho}: the exact MI {max(0.0, e):.2f}" in line
         assert ("above" if e > 3.0 else "below") in line
+
+
+def test_model_card_examples_only_prints_each_checkpoint_and_writes_nothing(monkeypatch, capsys, tmp_path):
+    """write_model_card --examples-only: the examples table and misses of every --checkpoint on stdout, no card
+    written; two checkpoints without the flag are refused (the card describes one)."""
+    import types
+
+    import infer
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import write_model_card  # noqa: PLC0415
+
+    seen = []
+
+    class Fake:
+        def __init__(self, checkpoint, *a, **k):
+            seen.append(checkpoint)
+
+        def estimate_with_info(self, x, y):
+            return types.SimpleNamespace(additional_information={"quantiles": {0.05: 0.5, 0.5: 1.0, 0.95: 3.0},
+                                                                 "novelty_percentile": 50.0})
+
+    monkeypatch.setattr(infer, "AmortizedMIEstimator", Fake)
+    out = tmp_path / "card.md"
+    assert write_model_card.main(["--examples-only", "--checkpoint", "a.st", "--checkpoint", "b.st",
+                                  "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert seen == ["a.st", "b.st"] and not out.exists()
+    assert text.index("a.st:") < text.index("b.st:")
+    n_rows = len(write_model_card.GAUSSIAN_EXAMPLES)
+    table_lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert text.count("| 1000 | 10 | 10 | 0.99 |") == 2 and len(table_lines) == 2 * (2 + n_rows)
+    assert text.count("lies above the 90% interval") == 2 * sum(
+        -0.5 * dy * np.log(1 - rho**2) > 3.0 for _, _, dy, rho in write_model_card.GAUSSIAN_EXAMPLES)
+    with pytest.raises(SystemExit) as exc:
+        write_model_card.main(["--checkpoint", "a.st", "--checkpoint", "b.st", "--out", str(out)])
+    assert exc.value.code == 2 and not out.exists()
