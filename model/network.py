@@ -50,9 +50,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.blocks import ISAB, PMA, SAB
-from model.preprocess import COL_FEATURES, KNN_FEATURES, Batch, ksg_stats_slice, stats_dim, stats_layout
+from model.preprocess import COL_FEATURES, KNN_FEATURES, SHAPE_FEATURES, Batch, ksg_stats_slice, stats_dim, stats_layout
 
-REFINE_INPUTS = ("stats", "head")
+REFINE_INPUTS = ("stats", "head", "stats+shape")
 DEFAULT_LEVELS = (0.01, 0.025, 0.05) + tuple(round(0.1 + 0.05 * i, 2) for i in range(17)) + (0.95, 0.975, 0.99)
 
 
@@ -81,7 +81,8 @@ class ModelConfig:
     use_raw_stats: bool = False  # Gaussian MI of the raw values' canonical correlations for the head (False: older checkpoints)
     refine_hidden: int = 0  # hidden width of the refiner MLPs on [head quantiles, statistics] (0: none, older checkpoints)
     refine_members: int = 1  # refiner MLPs, fitted apart, whose corrections are averaged (an ensemble)
-    refine_inputs: str = "stats"  # what the refiner reads besides the head's quantiles: "stats" or "head" (its whole input)
+    refine_inputs: str = "stats"  # what the refiner reads besides the head's quantiles: "stats", "head" (its whole
+    # input) or "stats+shape" (the statistics and the raw columns' marginal shape, `marginal_shape_statistics`)
     strata: int = 8  # at most this many strata of the row norms in them (fewer when n < 2 strata (dx + dy))
     quantile_levels: tuple[float, ...] = field(default=DEFAULT_LEVELS)  # fixed output grid, increasing in (0, 1)
 
@@ -237,7 +238,7 @@ class MIEstimator(nn.Module):
             self.head[-1].bias.fill_(-2.0)
         self.refine = None
         if config.refine_hidden:
-            n_ctx = stats_dim(config) + (3 * dim if config.refine_inputs == "head" else 0)
+            n_ctx = stats_dim(config) + {"head": 3 * dim, "stats+shape": SHAPE_FEATURES}.get(config.refine_inputs, 0)
             self.refine = Refiner(q + n_ctx, config.refine_hidden, q, config.refine_members)
 
     def forward(self, batch: Batch) -> Tensor:
@@ -245,15 +246,24 @@ class MIEstimator(nn.Module):
         head_in = self.head_input(batch)
         raw = self.head(head_in)
         if self.refine is not None:
-            raw = self.refine(raw, self.refiner_context(head_in, self.config.refine_inputs))
+            raw = self.refine(raw, self.refiner_context(head_in, self.config.refine_inputs, batch.shape))
         return torch.cumsum(F.softplus(raw), dim=-1)
 
-    def refiner_context(self, head_in: Tensor, inputs: str) -> Tensor:
+    def refiner_context(self, head_in: Tensor, inputs: str, shape: Tensor | None = None) -> Tensor:
         """What a refiner reads besides the head's quantiles, from the head's input (B, 3 dim + S):
-        "stats" the set statistics (B, S), "head" all of it."""
+        "stats" the set statistics (B, S), "head" all of it, "stats+shape" the statistics, then
+        `shape` (B, SHAPE_FEATURES) (``Batch.shape``, computed when the config reads it) -> (B, S + 10)."""
         if inputs not in REFINE_INPUTS:
             raise ValueError(f"refiner inputs must be one of {REFINE_INPUTS}, got {inputs!r}")
-        return head_in if inputs == "head" else head_in[:, 3 * self.config.dim:]
+        if inputs == "head":
+            return head_in
+        stats = head_in[:, 3 * self.config.dim:]
+        if inputs == "stats":
+            return stats
+        if shape is None or shape.shape != (head_in.shape[0], SHAPE_FEATURES):
+            raise ValueError(f"refiner inputs 'stats+shape' need shape (B, {SHAPE_FEATURES}) statistics, got "
+                             f"{None if shape is None else tuple(shape.shape)}")
+        return torch.cat([stats, shape.to(stats.dtype)], dim=-1)
 
     def head_input(self, batch: Batch) -> Tensor:
         """The head's input (B, 3 dim + S): [pooled row tokens, x + y and x * y column-context means, set statistics]."""

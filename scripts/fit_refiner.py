@@ -35,10 +35,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import infer  # noqa: E402
+from metagen.store import open_store  # noqa: E402
 from model.checkpoint import lineage, load_checkpoint, save_checkpoint  # noqa: E402
+from model.preprocess import SHAPE_FEATURES, marginal_shape_statistics  # noqa: E402
 from model.network import REFINE_INPUTS, MIEstimator, Refiner, add_refiner  # noqa: E402
 from model.quantiles import pinball_loss  # noqa: E402
 from scripts.calibration_study import raw_grid  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 from training.data import n_repeats  # noqa: E402
 
 
@@ -47,7 +51,7 @@ def head_and_context(inputs: str):
     sees (``MIEstimator.refiner_context``: the set statistics, or the head's whole input)."""
     def outputs(model: MIEstimator, batch) -> torch.Tensor:
         head_in = model.head_input(batch)
-        return torch.cat([model.head(head_in), model.refiner_context(head_in, inputs)], dim=-1)
+        return torch.cat([model.head(head_in), model.refiner_context(head_in, inputs, batch.shape)], dim=-1)
     return outputs
 
 
@@ -55,11 +59,36 @@ def refiner_inputs(checkpoint: Path, store_path: str, work: Path, inputs: str = 
     """Per set of a store: {"raw" (N, Q), "context" (N, C) (`head_and_context`), "t" (N,) log1p of the true MI
     (nats), "n" (N,) rows the network saw}, computed as ``infer`` would, cached under `work` per checkpoint
     content, store and `inputs`."""
+    if inputs == "stats+shape":  # the shape statistics need no network: the "stats" table's context, then them
+        table = refiner_inputs(checkpoint, store_path, work, "stats")
+        table["context"] = np.concatenate([table["context"], shape_statistics(checkpoint, store_path, work)], axis=1)
+        return table
     q = len(load_checkpoint(checkpoint)[0].config.quantile_levels)
     start = time.perf_counter()
     pred = raw_grid(checkpoint, store_path, work, outputs=head_and_context(inputs), tag=f"refiner-inputs-{inputs}-")
     print(f"fit_refiner: {len(pred['t'])} sets of {store_path} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return {"raw": pred["grid"][:, :q], "context": pred["grid"][:, q:], "t": pred["t"], "n": pred["n"]}
+
+
+def shape_statistics(checkpoint: Path, store_path: str, work: Path) -> np.ndarray:
+    """`marginal_shape_statistics` (N, SHAPE_FEATURES) of every set of a store, from the rows ``infer`` would
+    feed `checkpoint`'s network (its subsampling rule), cached under `work` per checkpoint content and store."""
+    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:12]
+    cache = Path(work) / f"shape-{digest}-{Path(store_path).name}.npy"
+    if cache.is_file():
+        return np.load(cache)
+    limits = dict(load_checkpoint(checkpoint)[1]["limits"])
+    store = open_store(store_path)
+    out = np.empty((len(store), SHAPE_FEATURES))
+    for i in tqdm(range(len(store)), desc=f"shape statistics {Path(store_path).name}", unit="set", disable=None):
+        x, y = store.get(i)
+        out[i] = marginal_shape_statistics(*infer._check_range(x.astype(np.float64), y.astype(np.float64),
+                                                               limits, "ignore", "auto"))
+    Path(work).mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npy")
+    np.save(tmp, out)
+    tmp.replace(cache)
+    return out
 
 
 def fit_refiner(raw: np.ndarray, context: np.ndarray, t: np.ndarray, weight: np.ndarray, levels, *, hidden: int = 64,

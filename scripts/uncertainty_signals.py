@@ -67,7 +67,7 @@ def member_medians(model, batch) -> torch.Tensor:
         raise ValueError("the checkpoint has no refiner: no members to compare")
     head_in = model.head_input(batch)
     raw = model.head(head_in)  # (B, Q)
-    corr = model.refine.corrections(raw, model.refiner_context(head_in, model.config.refine_inputs))  # (M, B, Q)
+    corr = model.refine.corrections(raw, model.refiner_context(head_in, model.config.refine_inputs, batch.shape))  # (M, B, Q)
     mid = int(np.argmin(np.abs(np.asarray(model.config.quantile_levels) - 0.5)))
     return torch.cumsum(F.softplus(raw + corr), dim=-1)[..., mid].T  # (B, M)
 

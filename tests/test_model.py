@@ -31,12 +31,14 @@ from model.preprocess import (
     NONLINEAR_KNN_ROWS,
     NONLINEAR_ROWS,
     RAW_CLIP,
+    SHAPE_FEATURES,
     SUBSET_SEED,
     canonical_subset,
     normal_scores,
     canonical_correlations,
     column_statistics,
     ksg_stats_slice,
+    marginal_shape_statistics,
     prepare_batch,
     set_statistics,
     hermite_statistics,
@@ -84,8 +86,9 @@ def _pair(n, dx, dy, seed=0):
 
 @pytest.fixture(scope="module", params=[{}, dict(use_col_stats=True), dict(use_nonlinear_stats=True),
                                         dict(use_raw_stats=True), dict(use_raw_stats=True, refine_hidden=8, refine_members=2),
-                                        dict(refine_hidden=8, refine_inputs="head")],
-                ids=["plain", "col_stats", "strata", "raw_stats", "refiner", "refiner_head"])
+                                        dict(refine_hidden=8, refine_inputs="head"),
+                                        dict(refine_hidden=8, refine_inputs="stats+shape")],
+                ids=["plain", "col_stats", "strata", "raw_stats", "refiner", "refiner_head", "refiner_shape"])
 def model(request):
     return _model(**request.param)
 
@@ -395,6 +398,53 @@ def test_raw_statistics_are_invariant_and_robust_to_outliers():
     assert plain > 3
     # ... but after the robust scaling it is one clipped row of 400
     assert np.expm1(raw_statistics(xo, yo, 3)[0]) == pytest.approx(np.expm1(ref[0]), abs=0.1)
+
+
+def test_marginal_shape_statistics_match_the_moments_of_known_distributions():
+    rng = np.random.default_rng(21)
+    n = 4000
+    gauss = rng.normal(size=(n, 2))
+    skewed = rng.exponential(size=(n, 3))  # skewness 2, kurtosis 9
+    f = marginal_shape_statistics(gauss, skewed)
+    assert f.shape == (SHAPE_FEATURES,)
+    lo, hi = f[:5], f[5:]  # blockwise minimum, maximum of [min w, mean w, max log kurt, mean log kurt, mean |skew|]
+    # the Gaussian block: kurtosis 3, skewness 0, sorted values on the normal quantiles (r > 0.999)
+    assert lo[3] == pytest.approx(np.log(3.0), abs=0.15) and lo[4] < 0.1
+    assert hi[0] > -np.log(1e-3) and lo[0] < -np.log(0.05)  # the exponential block's r is far below 1
+    assert hi[3] == pytest.approx(np.log(9.0), abs=0.4) and hi[4] == pytest.approx(2.0, abs=0.3)
+    assert (lo <= hi).all()
+
+
+def test_marginal_shape_statistics_are_invariant_to_rows_coordinates_swaps_and_affine_maps():
+    rng = np.random.default_rng(22)
+    x = rng.standard_t(4, size=(300, 3))
+    y = np.concatenate([x[:, :1] ** 3 + rng.normal(size=(300, 1)), rng.uniform(size=(300, 1))], axis=1)
+    ref = marginal_shape_statistics(x, y)
+    rows = rng.permutation(300)
+    variants = {"rows": (x[rows], y[rows]), "x coords": (x[:, [2, 0, 1]], y), "y coords": (x, y[:, ::-1]),
+                "swap": (y, x), "affine": (3 * x - 7, -0.01 * y + 2)}
+    for name, (a, b) in variants.items():
+        np.testing.assert_allclose(marginal_shape_statistics(a, b), ref, rtol=1e-9, atol=1e-9, err_msg=name)
+    assert np.abs(marginal_shape_statistics(np.exp(x), y) - ref).max() > 0.1  # other monotone maps change it
+    const = marginal_shape_statistics(np.ones((50, 1)), rng.normal(size=(50, 2)))
+    assert np.isfinite(const).all() and const[0] == 0.0  # a constant column: w = 0, no NaN
+
+
+def test_only_a_stats_shape_refiner_reads_the_raw_columns_shape():
+    """Through a real forward pass: a monotone map of one coordinate leaves a copula-only model's answer
+    alone (ranks), and moves the answer of a model whose refiner reads the marginal shape."""
+    x, y = _pair(120, 2, 2, seed=6)
+    bent = (np.concatenate([np.exp(x[:, :1]), x[:, 1:]], axis=1), y)
+    plain = _model(refine_hidden=8, refine_inputs="stats")
+    shaped = _model(refine_hidden=8, refine_inputs="stats+shape")
+    np.testing.assert_allclose(_run(plain, [bent]), _run(plain, [(x, y)]), rtol=1e-9, atol=1e-9)
+    assert np.abs(_run(shaped, [bent]) - _run(shaped, [(x, y)])).max() > 1e-4
+    batch = prepare_batch([(x, y)], shaped.config)
+    np.testing.assert_allclose(batch.shape[0].numpy(), marginal_shape_statistics(x, y), rtol=1e-6)
+    assert not prepare_batch([(x, y)], plain.config).shape.any()  # computed only for a refiner that reads it
+    head_in = shaped.head_input(batch.to(dtype=torch.float64))
+    with pytest.raises(ValueError, match="need shape"):
+        shaped.refiner_context(head_in, "stats+shape")
 
 
 def test_robust_standardize():

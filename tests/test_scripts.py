@@ -480,7 +480,8 @@ def test_score_refiner_scores_each_member_and_the_first_k_ensembles(tmp_path):
     assert proc.returncode == 2 and "no refiner" in proc.stderr
 
 
-def test_fit_refiner_cli_writes_a_checkpoint_that_infer_loads(tmp_path):
+@pytest.mark.parametrize("inputs", ["head", "stats+shape"])
+def test_fit_refiner_cli_writes_a_checkpoint_that_infer_loads(tmp_path, inputs):
     """End to end on a tiny store and a tiny random network: the written checkpoint holds the network's
     weights unchanged, a refiner, its report in the info, no calibration, and predicts through infer."""
     import numpy as np
@@ -502,18 +503,18 @@ def test_fit_refiner_cli_writes_a_checkpoint_that_infer_loads(tmp_path):
     save_checkpoint(tmp_path / "net.safetensors", net, limits=limits, calibration=[0.0] * 23, info={"step": 7})
     proc = _run("--checkpoint", str(tmp_path / "net.safetensors"), "--store", str(tmp_path / "fit"), "--out",
                 str(tmp_path / "refined.safetensors"), "--work", str(tmp_path / "work"), "--steps", "50",
-                "--hidden", "8", "--members", "2", "--inputs", "head", "--score", str(tmp_path / "fit"), script="fit_refiner.py")
+                "--hidden", "8", "--members", "2", "--inputs", inputs, "--score", str(tmp_path / "fit"), script="fit_refiner.py")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["holdout_sets"] == 6 and report["holdout_loss_after"] <= report["holdout_loss_before"]
     assert set(report["mae_fit"]) == {"before", "after"} and report["mae_fit"]["before"] > 0
     refined, meta = load_checkpoint(tmp_path / "refined.safetensors")
-    assert (refined.config.refine_hidden, refined.config.refine_members, refined.config.refine_inputs) == (8, 2, "head")
-    assert meta["calibration"] is None and meta["info"]["refiner"]["inputs"] == "head"
+    assert (refined.config.refine_hidden, refined.config.refine_members, refined.config.refine_inputs) == (8, 2, inputs)
+    assert meta["calibration"] is None and meta["info"]["refiner"]["inputs"] == inputs
     assert not (tmp_path / "refined.safetensors.members").exists()  # the members' state goes once the checkpoint is written
     proc = _run("--checkpoint", str(tmp_path / "net.safetensors"), "--store", str(tmp_path / "fit"), "--out",
                 str(tmp_path / "first.safetensors"), "--work", str(tmp_path / "work"), "--steps", "50", "--hidden", "8",
-                "--members", "1", "--inputs", "head", "--state-dir", str(tmp_path / "state"), script="fit_refiner.py")
+                "--members", "1", "--inputs", inputs, "--state-dir", str(tmp_path / "state"), script="fit_refiner.py")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(f.name for f in (tmp_path / "state").iterdir()) == ["member-0.json", "member-0.pt"]  # a given folder stays
     assert meta["info"]["step"] == 7 and meta["info"]["refiner"]["sets"] == 60
@@ -521,6 +522,14 @@ def test_fit_refiner_cli_writes_a_checkpoint_that_infer_loads(tmp_path):
     for k, v in net.state_dict().items():
         assert torch.equal(state[k], v), k
     assert (tmp_path / "work").is_dir() and list((tmp_path / "work").glob("refiner-inputs-*.npz"))
+    if inputs == "stats+shape":  # the refiner read the marginal shape of exactly the rows infer feeds the network
+        from model.preprocess import marginal_shape_statistics
+        from metagen.store import open_store
+
+        (cached,) = (tmp_path / "work").glob("shape-*-fit.npy")
+        store = open_store(tmp_path / "fit")
+        expect = np.stack([marginal_shape_statistics(*store.get(i)) for i in range(len(store))])
+        np.testing.assert_allclose(np.load(cached), expect, rtol=1e-9)
     rng = np.random.default_rng(3)
     x = rng.normal(size=(200, 2))
     q = infer.predict_mi_quantiles(x, x + rng.normal(size=(200, 2)), checkpoint=tmp_path / "refined.safetensors")

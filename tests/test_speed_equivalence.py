@@ -21,6 +21,7 @@ from model.preprocess import (
     COL_FEATURES,
     KNN_FEATURES,
     R_MAX,
+    SHAPE_FEATURES,
     SUBSET_SEED,
     Batch,
     canonical_correlations,
@@ -323,6 +324,7 @@ def ref_prepare_batch(
         n=torch.from_numpy(ns),
         dx=torch.from_numpy(dxs),
         dy=torch.from_numpy(dys),
+        shape=torch.zeros((b, SHAPE_FEATURES)),
     )
 
 
